@@ -1,0 +1,501 @@
+"""Streaming metrics: `update` per batch (a few tensor ops, no host sync), `compute` at the end.
+
+Outputs given to metrics are the model outputs after its output activation (probabilities
+for classifiers, raw values for regression); perplexity takes logits. Integer targets equal
+to `ignore_index` (-100: padding, prompt tokens) are skipped, so (B, T, C) LM outputs work.
+
+State lives in tensors on the outputs' device and is read once, in `compute`. Counts known
+on the host stay Python ints: building a device tensor from a Python number would sync.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from groundup.errors import ConfigError, ShapeError
+from groundup.registry import did_you_mean, lookup
+
+
+def _shape(t: Tensor) -> str:
+    return str(tuple(t.shape))
+
+
+def _acc_dtype(device: torch.device) -> torch.dtype:
+    """float64 accumulators, except on MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> Tensor:
+    """(C, C) int64 counts, rows = true class, columns = predicted class (sklearn's layout).
+
+    Pairs with a label outside [0, num_classes) (e.g. ignore_index -100) are skipped by a
+    zero weight rather than by boolean indexing, which would sync with the device.
+    """
+    y_true = torch.as_tensor(y_true).reshape(-1).long()
+    y_pred = torch.as_tensor(y_pred, device=y_true.device).reshape(-1).long()
+    if y_true.numel() != y_pred.numel():
+        raise ShapeError(
+            f"confusion_matrix: y_true has {y_true.numel()} labels and y_pred "
+            f"{y_pred.numel()}; pass one prediction per label"
+        )
+    c = int(num_classes)
+    valid = (y_true >= 0) & (y_true < c) & (y_pred >= 0) & (y_pred < c)
+    index = torch.where(valid, y_true * c + y_pred, 0)
+    counts = torch.zeros(c * c, dtype=torch.long, device=y_true.device)
+    counts.scatter_add_(0, index, valid.long())
+    return counts.view(c, c)
+
+
+def _class_pairs(
+    outputs: Tensor, targets: Tensor, threshold: float, name: str
+) -> tuple[Tensor, Tensor, int, bool]:
+    """Flat predicted and true class ids (N,), the number of classes, and whether the true
+    ids came from integer targets (only those can hold ignore_index).
+
+    1-D or single-column outputs are binary probabilities (threshold); otherwise argmax over
+    the last axis, against integer targets (..., ) or one-hot targets of the outputs' shape.
+    """
+    if outputs.dim() == 0:
+        raise ShapeError(f"{name}: outputs must have a batch axis, got shape ()")
+    integer = not targets.is_floating_point()
+    if outputs.dim() == 1 or outputs.shape[-1] == 1:
+        if targets.numel() != outputs.numel():
+            raise ShapeError(
+                f"{name}: binary outputs {_shape(outputs)} and targets {_shape(targets)} do "
+                "not have the same number of values; give one 0/1 target per sample"
+            )
+        pred = (outputs.reshape(-1) > threshold).long()
+        true = targets.reshape(-1)
+        true = true.long() if integer else (true > 0.5).long()
+        return pred, true, 2, integer
+    c = outputs.shape[-1]
+    pred = outputs.argmax(-1).reshape(-1)
+    if targets.shape == outputs.shape:  # one-hot or probabilities
+        return pred, targets.argmax(-1).reshape(-1), c, False
+    lead = outputs.shape[:-1]
+    if targets.shape == lead or (targets.shape[:-1] == lead and targets.shape[-1] == 1):
+        return pred, targets.reshape(-1).long(), c, True
+    raise ShapeError(
+        f"{name}: outputs {_shape(outputs)} and targets {_shape(targets)} do not fit; targets "
+        f"must be class indices of shape {tuple(lead)} or one-hot of shape {_shape(outputs)}"
+    )
+
+
+class Metric:
+    """Base class: `reset`, `update(outputs, targets)` per batch, `compute() -> float`."""
+
+    name: str = "metric"
+
+    def __init__(self, name: str | None = None) -> None:
+        if name is not None:
+            self.name = name
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything accumulated (start of an epoch or evaluation)."""
+        raise NotImplementedError
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None:
+        """Add one batch. Must not sync with the device (no .item())."""
+        raise NotImplementedError
+
+    def compute(self) -> float:
+        """The metric over everything since `reset` (NaN when nothing was seen)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class Accuracy(Metric):
+    """Share of correct class predictions: argmax for (..., C) outputs, threshold for binary."""
+
+    name = "accuracy"
+
+    def __init__(
+        self, threshold: float = 0.5, ignore_index: int | None = -100, name: str | None = None
+    ) -> None:
+        self.threshold = threshold
+        self.ignore_index = ignore_index
+        super().__init__(name)
+
+    def reset(self) -> None:
+        self._correct: Tensor | int = 0
+        self._total: Tensor | int = 0
+
+    def _hits(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor | int]:
+        pred, true, _, integer = _class_pairs(outputs.detach(), targets, self.threshold, self.name)
+        hit = pred == true
+        if integer and self.ignore_index is not None:
+            valid = true != self.ignore_index
+            return (hit & valid).sum(), valid.sum()
+        return hit.sum(), true.numel()
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None:
+        correct, total = self._hits(outputs, targets)
+        self._correct = self._correct + correct
+        self._total = self._total + total
+
+    def compute(self) -> float:
+        total = float(self._total)
+        return float(self._correct) / total if total else math.nan
+
+
+class TopKAccuracy(Accuracy):
+    """Share of samples whose true class is among the k highest outputs."""
+
+    name = "top_k_accuracy"
+
+    def __init__(
+        self, k: int = 5, ignore_index: int | None = -100, name: str | None = None
+    ) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"top_k_accuracy: k must be a positive int, got {k!r}")
+        self.k = k
+        super().__init__(ignore_index=ignore_index, name=name)
+
+    def _hits(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor | int]:
+        outputs = outputs.detach()
+        if outputs.dim() < 2 or outputs.shape[-1] < 2:
+            raise ShapeError(
+                f"{self.name}: outputs {_shape(outputs)} need a class axis (..., C) with C > 1"
+            )
+        _, true, c, integer = _class_pairs(outputs, targets, self.threshold, self.name)
+        k = min(self.k, c)  # torch.topk refuses k > C; every class is then "in the top k"
+        top = outputs.topk(k, dim=-1).indices.reshape(-1, k)  # (N, k)
+        hit = (top == true.unsqueeze(-1)).any(-1)
+        if integer and self.ignore_index is not None:
+            valid = true != self.ignore_index
+            return (hit & valid).sum(), valid.sum()
+        return hit.sum(), true.numel()
+
+
+_AVERAGES = ("macro", "weighted", "micro", "binary")
+
+
+class _ConfusionMetric(Metric):
+    """Precision, recall or F1 from an accumulated confusion matrix.
+
+    average: 'macro' (unweighted mean over the classes seen in targets or predictions, like
+    sklearn with labels=None), 'weighted' (by support), 'micro', or 'binary' (class 1 of two).
+    Classes with no predictions or no support score 0 (sklearn's zero_division=0).
+    """
+
+    def __init__(
+        self,
+        average: str = "macro",
+        num_classes: int | None = None,
+        threshold: float = 0.5,
+        name: str | None = None,
+    ) -> None:
+        if average not in _AVERAGES:
+            raise ConfigError(
+                f"{self.name}: unknown average '{average}'{did_you_mean(average, _AVERAGES)}; "
+                f"valid: {', '.join(_AVERAGES)}"
+            )
+        self.average = average
+        self.num_classes = num_classes
+        self.threshold = threshold
+        super().__init__(name)
+
+    def reset(self) -> None:
+        self._cm: Tensor | None = None
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None:
+        pred, true, c, _ = _class_pairs(outputs.detach(), targets, self.threshold, self.name)
+        c = self.num_classes or c
+        # Labels outside [0, c), ignore_index among them, are skipped by confusion_matrix.
+        cm = confusion_matrix(true, pred, c)
+        if self._cm is None:
+            self._cm = cm
+        elif self._cm.shape != cm.shape:
+            raise ShapeError(
+                f"{self.name}: this batch has {c} classes but earlier ones had "
+                f"{self._cm.shape[0]}; outputs must keep the same class axis"
+            )
+        else:
+            self._cm = self._cm + cm
+
+    def _score(self, tp: Tensor, predicted: Tensor, support: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def compute(self) -> float:
+        if self._cm is None:
+            return math.nan
+        cm = self._cm.double().cpu()
+        tp, predicted, support = cm.diagonal(), cm.sum(0), cm.sum(1)
+        if self.average == "micro":  # single-label: P = R = F1 = accuracy
+            total = cm.sum()
+            return float(tp.sum() / total) if total else math.nan
+        scores = self._score(tp, predicted, support)
+        if self.average == "binary":
+            if cm.shape[0] != 2:
+                raise ConfigError(
+                    f"{self.name}: average='binary' needs 2 classes, got {cm.shape[0]}; "
+                    "use average='macro'"
+                )
+            return float(scores[1])
+        if self.average == "weighted":
+            total = support.sum()
+            return float((scores * support).sum() / total) if total else 0.0
+        present = (predicted + support) > 0
+        return float(scores[present].mean()) if present.any() else 0.0
+
+
+def _safe_div(num: Tensor, den: Tensor) -> Tensor:
+    return torch.where(den > 0, num / den.clamp(min=1), torch.zeros_like(num))
+
+
+class Precision(_ConfusionMetric):
+    """tp / (tp + fp) per class, then averaged (macro by default)."""
+
+    name = "precision"
+
+    def _score(self, tp: Tensor, predicted: Tensor, support: Tensor) -> Tensor:
+        return _safe_div(tp, predicted)
+
+
+class Recall(_ConfusionMetric):
+    """tp / (tp + fn) per class, then averaged (macro by default)."""
+
+    name = "recall"
+
+    def _score(self, tp: Tensor, predicted: Tensor, support: Tensor) -> Tensor:
+        return _safe_div(tp, support)
+
+
+class F1(_ConfusionMetric):
+    """Per-class F1 = 2tp / (2tp + fp + fn), then averaged (macro by default)."""
+
+    name = "f1"
+
+    def _score(self, tp: Tensor, predicted: Tensor, support: Tensor) -> Tensor:
+        return _safe_div(2 * tp, predicted + support)
+
+
+def _regression_pair(name: str, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Outputs and targets as (N, D) in the accumulator dtype; (B, 1) vs (B,) is fine."""
+    outputs = outputs.detach()
+    if outputs.dim() == 0 or targets.dim() == 0 or outputs.shape[0] != targets.shape[0]:
+        raise ShapeError(
+            f"{name}: outputs {_shape(outputs)} and targets {_shape(targets)} have different "
+            "batch sizes; pass one target per sample"
+        )
+    if targets.shape != outputs.shape and targets.numel() != outputs.numel():
+        raise ShapeError(
+            f"{name}: outputs {_shape(outputs)} and targets {_shape(targets)} do not have the "
+            "same number of values; give one target per output value"
+        )
+    d = outputs.shape[-1] if outputs.dim() > 1 else 1
+    dtype = _acc_dtype(outputs.device)
+    return outputs.reshape(-1, d).to(dtype), targets.reshape(-1, d).to(dtype)  # (N, D)
+
+
+class MeanSquaredError(Metric):
+    """Mean of squared errors over all values (sklearn's uniform average over outputs)."""
+
+    name = "mse"
+
+    def reset(self) -> None:
+        self._sum: Tensor | float = 0.0
+        self._count = 0
+
+    def _errors(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        o, t = _regression_pair(self.name, outputs, targets)
+        return (o - t).square()
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None:
+        errors = self._errors(outputs, targets)
+        self._sum = self._sum + errors.sum()
+        self._count += errors.numel()
+
+    def compute(self) -> float:
+        return float(self._sum) / self._count if self._count else math.nan
+
+
+class MeanAbsoluteError(MeanSquaredError):
+    """Mean of absolute errors over all values."""
+
+    name = "mae"
+
+    def _errors(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        o, t = _regression_pair(self.name, outputs, targets)
+        return (o - t).abs()
+
+
+class R2Score(Metric):
+    """Coefficient of determination per output, averaged uniformly (sklearn's default).
+
+    Sums are of targets shifted by the first batch's first row: the variance then comes from
+    small numbers (no cancellation for targets far from 0), and constant targets give exactly
+    0 total variance, scored like sklearn (1 if predicted exactly, else 0).
+    """
+
+    name = "r2"
+
+    def reset(self) -> None:
+        self._shift: Tensor | None = None
+        self._n = 0
+        self._sum = self._sum_sq = self._sse = None
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None:
+        o, t = _regression_pair(self.name, outputs, targets)
+        if self._shift is not None and self._shift.shape[-1] != t.shape[-1]:
+            raise ShapeError(
+                f"{self.name}: this batch has {t.shape[-1]} outputs but earlier ones had "
+                f"{self._shift.shape[-1]}"
+            )
+        if self._shift is None:
+            self._shift = t[0].clone()  # (D,)
+            self._sum = self._sum_sq = self._sse = 0.0
+        shifted = t - self._shift
+        self._n += t.shape[0]
+        self._sum = self._sum + shifted.sum(0)
+        self._sum_sq = self._sum_sq + shifted.square().sum(0)
+        self._sse = self._sse + (t - o).square().sum(0)
+
+    def compute(self) -> float:
+        if self._n < 2:
+            return math.nan
+        total = (self._sum_sq - self._sum.square() / self._n).double().cpu().clamp(min=0)
+        sse = self._sse.double().cpu()
+        r2 = torch.where(total > 0, 1 - sse / total.clamp(min=1e-300), (sse == 0).double())
+        return float(r2.mean())
+
+
+class Perplexity(Metric):
+    """exp(mean token cross-entropy) from logits (B, T, V) or (B, V) and integer targets."""
+
+    name = "perplexity"
+
+    def __init__(self, ignore_index: int | None = -100, name: str | None = None) -> None:
+        self.ignore_index = ignore_index
+        super().__init__(name)
+
+    def reset(self) -> None:
+        self._nll: Tensor | float = 0.0
+        self._count: Tensor | int = 0
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None:
+        outputs = outputs.detach()
+        if outputs.dim() < 2 or targets.shape != outputs.shape[:-1]:
+            raise ShapeError(
+                f"{self.name}: logits {_shape(outputs)} and targets {_shape(targets)} do not "
+                f"fit; targets must be token ids of shape {tuple(outputs.shape[:-1])}"
+            )
+        v = outputs.shape[-1]
+        flat_t = targets.reshape(-1).long()
+        ignore = -100 if self.ignore_index is None else self.ignore_index
+        nll = F.cross_entropy(outputs.reshape(-1, v), flat_t, ignore_index=ignore, reduction="sum")
+        self._nll = self._nll + nll.to(_acc_dtype(outputs.device))
+        if self.ignore_index is None:
+            self._count = self._count + flat_t.numel()
+        else:
+            self._count = self._count + (flat_t != ignore).sum()
+
+    def compute(self) -> float:
+        count = float(self._count)
+        if not count:
+            return math.nan
+        try:
+            return math.exp(float(self._nll) / count)
+        except OverflowError:
+            return math.inf
+
+
+class FunctionMetric(Metric):
+    """A plain `f(outputs, targets) -> tensor` averaged over samples (per-batch value weighted
+    by batch size; a per-sample tensor is averaged first, as Keras does)."""
+
+    def __init__(self, fn: Callable[[Tensor, Tensor], Any], name: str | None = None) -> None:
+        self.fn = fn
+        super().__init__(name or getattr(fn, "__name__", type(fn).__name__))
+
+    def reset(self) -> None:
+        self._sum: Tensor | float = 0.0
+        self._count = 0
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None:
+        value = self.fn(outputs.detach(), targets)
+        n = targets.shape[0]
+        if isinstance(value, Tensor):
+            value = value.detach().to(_acc_dtype(value.device)).mean()
+        self._sum = self._sum + value * n
+        self._count += n
+
+    def compute(self) -> float:
+        return float(self._sum) / self._count if self._count else math.nan
+
+
+METRICS: dict[str, type[Metric]] = {
+    "accuracy": Accuracy,
+    "acc": Accuracy,
+    "binary_accuracy": Accuracy,
+    "categorical_accuracy": Accuracy,
+    "sparse_categorical_accuracy": Accuracy,
+    "top_k_accuracy": TopKAccuracy,
+    "top_k_categorical_accuracy": TopKAccuracy,
+    "sparse_top_k_categorical_accuracy": TopKAccuracy,
+    "precision": Precision,
+    "recall": Recall,
+    "f1": F1,
+    "f1_score": F1,
+    "mse": MeanSquaredError,
+    "mean_squared_error": MeanSquaredError,
+    "mae": MeanAbsoluteError,
+    "mean_absolute_error": MeanAbsoluteError,
+    "r2": R2Score,
+    "r2_score": R2Score,
+    "perplexity": Perplexity,
+}
+
+
+def _construct(cls: type, kwargs: dict[str, Any], what: str) -> Any:
+    """cls(**kwargs), with unknown keyword names reported as a ConfigError."""
+    params = inspect.signature(cls).parameters.values()
+    valid = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"unknown argument(s) {', '.join(unknown)} for {what}"
+            f"{did_you_mean(unknown[0], valid)}; valid arguments: {', '.join(valid) or 'none'}"
+        )
+    return cls(**kwargs)
+
+
+def get_metric(
+    spec: str | Metric | type[Metric] | Callable[[Tensor, Tensor], Any], **kwargs: Any
+) -> Metric:
+    """A Metric from a name ('accuracy', 'f1', 'r2', ...), a Metric, a Metric class or a plain
+    callable `f(outputs, targets) -> tensor`. A name keeps the spelling it was asked by
+    ('acc' logs as 'acc', like Keras) unless `name=` is given."""
+    if isinstance(spec, Metric):
+        if kwargs:
+            raise ConfigError(
+                f"metric arguments {', '.join(sorted(kwargs))} apply to a metric name only; "
+                f"set them on the {type(spec).__name__} you passed"
+            )
+        return spec
+    if isinstance(spec, str):
+        cls = lookup(METRICS, spec, "metric")
+        kwargs.setdefault("name", spec.lower())
+        return _construct(cls, kwargs, f"metric '{spec}'")
+    if isinstance(spec, type):
+        if issubclass(spec, Metric):
+            return _construct(spec, kwargs, f"metric {spec.__name__}")
+        raise ConfigError(
+            f"metric {spec.__name__} is a class; pass an instance, e.g. {spec.__name__}()"
+        )
+    if callable(spec):
+        return _construct(FunctionMetric, {"fn": spec, **kwargs}, "a callable metric")
+    raise ConfigError(
+        "metric must be a name (e.g. 'accuracy'), a groundup Metric or a callable "
+        f"f(outputs, targets), got {type(spec).__name__}"
+    )
