@@ -1,0 +1,254 @@
+"""Transformer pieces shared by the model families: attention, MLPs, norms, RoPE, a KV cache.
+
+Each piece is a small `nn.Module` that knows nothing about the others; a model picks its
+pieces and passes them to `Block` (torchtune style) instead of branching on flags inside.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from groundup.errors import ShapeError
+
+# SDPA grew `enable_gqa` in torch 2.5; on 2.4 we expand k/v with repeat_interleave instead.
+_match = re.match(r"(\d+)\.(\d+)", torch.__version__)
+_SDPA_HAS_GQA = _match is not None and (int(_match[1]), int(_match[2])) >= (2, 5)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Llama): scale only, no mean subtraction, no bias."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalize in float32 even under bf16 autocast (as HF Llama does), then cast back.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+
+class RotaryEmbedding(nn.Module):
+    """Precomputed RoPE cos/sin tables, HF Llama's "rotate_half" layout.
+
+    The rotation pairs dimension i with i + head_dim/2 (not interleaved pairs), which is the
+    layout of Hugging Face Llama checkpoints, so their q/k weights load without permutation.
+    The tables are non-persistent buffers: they follow `.to(device)` but stay out of checkpoints.
+    """
+
+    def __init__(self, head_dim: int, max_len: int, theta: float = 10000.0) -> None:
+        super().__init__()
+        self.head_dim, self.max_len, self.theta = head_dim, max_len, theta
+        self.register_buffer("cos", torch.empty(max_len, head_dim), persistent=False)
+        self.register_buffer("sin", torch.empty(max_len, head_dim), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """(Re)compute the tables; call after building on the meta device and `to_empty`."""
+        device = self.cos.device
+        # Angles in float32 whatever the module dtype, so high positions stay exact.
+        inv_freq = 1.0 / (
+            self.theta
+            ** (
+                torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32)
+                / self.head_dim
+            )
+        )
+        t = torch.arange(self.max_len, device=device, dtype=torch.float32)
+        freqs = torch.outer(t, inv_freq)  # (max_len, head_dim/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (max_len, head_dim)
+        with torch.no_grad():
+            self.cos.copy_(emb.cos())
+            self.sin.copy_(emb.sin())
+
+    def forward(self, start: int, length: int) -> tuple[Tensor, Tensor]:
+        """cos, sin for positions [start, start + length), each (length, head_dim)."""
+        return self.cos[start : start + length], self.sin[start : start + length]
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate x (B, nh, T, hs) by the position angles; cos/sin are (T, hs)."""
+    # Cast the tables to x's dtype: under bf16 autocast q/k are bf16 and a float32 table would
+    # promote them to float32 and break SDPA's same-dtype requirement.
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)  # each (B, nh, T, hs/2)
+    rotated = torch.cat((-x2, x1), dim=-1)  # (B, nh, T, hs)
+    return x * cos + rotated * sin
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, one preallocated buffer pair per layer.
+
+    Buffers are (B, n_kv_head, max_len, head_dim), allocated on the first write with the dtype
+    and device of the keys (so a cache works unchanged under bf16 autocast). `pos` is the
+    number of tokens already cached; the model advances it once per forward, after all layers.
+    """
+
+    def __init__(self, n_layer: int, max_len: int) -> None:
+        self.n_layer, self.max_len = n_layer, max_len
+        self.k: list[Tensor | None] = [None] * n_layer
+        self.v: list[Tensor | None] = [None] * n_layer
+        self.pos = 0
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v (B, n_kv_head, T, hs) at `pos`; return all keys/values up to pos + T."""
+        B, nkv, T, hs = k.shape
+        end = self.pos + T
+        if end > self.max_len:
+            raise ShapeError(
+                f"KV cache holds {self.max_len} positions but {self.pos} + {T} tokens were "
+                "given; build a larger cache (max_len) or reset() it"
+            )
+        ck, cv = self.k[layer], self.v[layer]
+        if ck is None or cv is None or (ck.shape[0], ck.dtype, ck.device) != (B, k.dtype, k.device):
+            if self.pos > 0:
+                raise ShapeError(
+                    f"KV cache holds {self.pos} tokens of another batch size, dtype or device "
+                    f"than the new keys (batch {B}, {k.dtype}); reset() it before reusing it"
+                )
+            ck = k.new_zeros(B, nkv, self.max_len, hs)
+            cv = v.new_zeros(B, nkv, self.max_len, hs)
+            self.k[layer], self.v[layer] = ck, cv
+        ck[:, :, self.pos : end] = k
+        cv[:, :, self.pos : end] = v
+        return ck[:, :, :end], cv[:, :, :end]  # (B, nkv, pos+T, hs), views: no copy
+
+    def advance(self, n: int) -> None:
+        self.pos += n
+
+    def reset(self) -> None:
+        """Forget the cached tokens (the buffers are kept and overwritten)."""
+        self.pos = 0
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with grouped-query support, through SDPA.
+
+    One fused Linear makes q, k and v: (n_head + 2 * n_kv_head) * head_dim outputs, q first.
+    With n_kv_head < n_head, each k/v head serves n_head // n_kv_head consecutive query heads.
+    """
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        n_kv_head: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+        layer_idx: int = 0,
+    ) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.n_kv_head = n_kv_head or n_head
+        self.head_dim = n_embd // n_head
+        self.layer_idx = layer_idx  # where this layer's keys live in a KVCache
+        self.dropout = dropout
+        self.qkv = nn.Linear(n_embd, (n_head + 2 * self.n_kv_head) * self.head_dim, bias=bias)
+        self.proj = nn.Linear(n_head * self.head_dim, n_embd, bias=bias)
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor] | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> Tensor:
+        B, T, _ = x.shape
+        nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.qkv(x).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+
+        mask, is_causal = None, True
+        if kv_cache is not None:
+            start = kv_cache.pos
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nkv, start+T, hs)
+            if start > 0:
+                # Trap: SDPA's is_causal aligns the mask top-left, which is wrong once the queries
+                # sit after a cached prefix. One new token sees everything; several need the mask.
+                is_causal = False
+                if T > 1:
+                    q_pos = torch.arange(start, start + T, device=x.device)
+                    k_pos = torch.arange(start + T, device=x.device)
+                    mask = k_pos[None, :] <= q_pos[:, None]  # (T, start+T), True = attend
+
+        gqa = {}
+        if nkv != nh:
+            if _SDPA_HAS_GQA:
+                gqa = {"enable_gqa": True}
+            else:
+                k = k.repeat_interleave(nh // nkv, dim=1)  # (B, nh, L, hs)
+                v = v.repeat_interleave(nh // nkv, dim=1)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+            **gqa,
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, nh * hs)  # (B, T, C): reshape copies only once
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    """GPT-2 feed-forward: Linear, GELU (tanh approximation, HF "gelu_new"), Linear."""
+
+    def __init__(self, n_embd: int, hidden: int, bias: bool = True) -> None:
+        super().__init__()
+        self.up = nn.Linear(n_embd, hidden, bias=bias)
+        self.down = nn.Linear(hidden, n_embd, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.gelu(self.up(x), approximate="tanh"))
+
+
+class SwiGLU(nn.Module):
+    """Llama feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, n_embd: int, hidden: int, bias: bool = False) -> None:
+        super().__init__()
+        self.gate = nn.Linear(n_embd, hidden, bias=bias)
+        self.up = nn.Linear(n_embd, hidden, bias=bias)
+        self.down = nn.Linear(hidden, n_embd, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(
+        self,
+        attn: CausalSelfAttention,
+        mlp: nn.Module,
+        norm1: nn.Module,
+        norm2: nn.Module,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1, self.attn, self.norm2, self.mlp = norm1, attn, norm2, mlp
+        # Residual dropout; Identity when off so the hot path does not call dropout at all.
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor] | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), rope, kv_cache))
+        return x + self.drop(self.mlp(self.norm2(x)))

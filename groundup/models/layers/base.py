@@ -1,0 +1,285 @@
+"""The `Layer` base class: lazy building, configs, names, output activation and penalties.
+
+A layer is a plain `nn.Module` that knows a little more than one:
+- it creates its parameters from the per-sample input shape (`build`), either on its first
+  batch (lazily, like Keras) or eagerly when `Sequential` knows the input shape;
+- it can describe its output shape without running (`compute_output_shape`), which is how
+  `Sequential` builds the stack eagerly and prints `summary()`;
+- it round-trips through a JSON-able config (`get_config` / `layer_from_config`);
+- it can run without its output activation (`forward_logits`), so the last layer's softmax
+  or sigmoid can be folded into a numerically stable loss on logits.
+
+Subclasses implement `call` (the computation minus the output activation), `_build`
+(create parameters), `compute_output_shape` and `_config` (their constructor kwargs).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from groundup.errors import ConfigError, ShapeError
+from groundup.models.activations import ActivationFn, activation_name, get_activation
+from groundup.models.regularizers import RegularizerLike, get_regularizer, serialize_regularizer
+from groundup.registry import did_you_mean
+
+Shape = tuple[int | None, ...]  # per-sample shape, no batch axis; None = unknown (e.g. time)
+
+_NAME_COUNTS: dict[str, int] = {}
+
+
+def _snake(name: str) -> str:
+    name = re.sub(r"(?<=[a-z])(?=[A-Z])", "_", name)  # BatchNormalization -> Batch_Normalization
+    return re.sub(r"(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()  # SimpleRNN ok, keeps Conv2D
+
+
+def _auto_name(cls: type) -> str:
+    """Keras-style names: dense, dense_1, dense_2, ... (one counter per class)."""
+    base = _snake(cls.__name__)
+    count = _NAME_COUNTS.get(base, 0)
+    _NAME_COUNTS[base] = count + 1
+    return base if count == 0 else f"{base}_{count}"
+
+
+def reset_layer_names() -> None:
+    """Restart the automatic names at 'dense', 'conv2d', ... (Keras' clear_session)."""
+    _NAME_COUNTS.clear()
+
+
+def as_shape(shape: Any, what: str) -> Shape:
+    """Validate a per-sample shape: a sequence of positive ints (or None for unknown)."""
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, Sequence) or isinstance(shape, str):
+        raise ConfigError(f"{what} must be a tuple of ints like (28, 28, 1), got {shape!r}")
+    for dim in shape:
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0):
+            raise ConfigError(
+                f"{what} must hold positive ints (or None for a free axis), got {tuple(shape)!r}"
+            )
+    return tuple(shape)
+
+
+class Layer(nn.Module):
+    """Base of every Keras-style layer. See the module docstring for the contract."""
+
+    activation: str | None = None  # name of the output activation, None for identity
+    _repr_keys: tuple[str, ...] = ()
+
+    def __init__(self, *, input_shape: Sequence[int | None] | None = None, name: str | None = None):
+        super().__init__()
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ConfigError(
+                f"{type(self).__name__}: name must be a non-empty string, got {name!r}"
+            )
+        self.name: str = _auto_name(type(self)) if name is None else name
+        self.input_shape: Shape | None = (
+            None if input_shape is None else as_shape(input_shape, f"{self._who}: input_shape")
+        )
+        self.built = False
+        self.build_input_shape: Shape | None = None  # the shape `build` was called with
+        self._activation_fn: ActivationFn | None = None
+        self._activation_saveable = True
+        self._regularizers: list[tuple[str, Any]] = []  # (parameter name, penalty callable)
+
+    @property
+    def _who(self) -> str:
+        name = self.__dict__.get("name")
+        return type(self).__name__ if name is None else f"{type(self).__name__} '{name}'"
+
+    # ---- building -------------------------------------------------------------------------
+
+    def build(self, input_shape: Sequence[int | None]) -> None:
+        """Create the parameters for inputs of per-sample shape `input_shape` (no batch axis).
+
+        Idempotent: a built layer ignores later calls. Raises ShapeError for a shape the layer
+        cannot take (wrong rank, too small for the kernel, unknown feature width).
+        """
+        if self.built:
+            return
+        shape = as_shape(input_shape, f"{self._who}: input shape")
+        self.compute_output_shape(shape)  # validates the shape before anything is created
+        self._build(shape)
+        self.build_input_shape = shape
+        self.built = True
+
+    def _build(self, input_shape: Shape) -> None:
+        """Create parameters; layers without parameters keep this no-op."""
+
+    def _build_from(self, x: Tensor) -> None:
+        self.build(tuple(x.shape[1:]))
+        # Parameters are created on the CPU: follow the input when the model was moved to an
+        # accelerator before its first batch. (Build before changing the dtype, though.)
+        self.to(x.device)
+
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> Shape:
+        """Per-sample output shape for a per-sample input shape; identity by default."""
+        return tuple(input_shape)
+
+    # ---- running --------------------------------------------------------------------------
+
+    def call(self, x: Tensor) -> Tensor:
+        """The layer's computation without its output activation."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.built:
+            self._build_from(x)
+        y = self.call(x)
+        return y if self._activation_fn is None else self._activation_fn(y)
+
+    def forward_logits(self, x: Tensor) -> Tensor:
+        """The forward pass without the output activation (see `output_activation`)."""
+        if not self.built:
+            self._build_from(x)
+        return self.call(x)
+
+    @property
+    def output_activation(self) -> str | None:
+        """Name of the activation `forward` applies after `forward_logits`, else None.
+
+        None for layers whose activation is internal (SimpleRNN's tanh) or the identity.
+        """
+        return self.activation if self._activation_fn is not None else None
+
+    def _set_activation(self, activation: str | ActivationFn | None) -> None:
+        fn = get_activation(activation)
+        name = activation_name(activation)
+        if name == "linear":
+            self.activation, self._activation_fn = None, None
+            return
+        self._activation_fn = fn
+        if name is None:  # a custom callable: usable, but not saveable by name
+            self._activation_saveable = False
+            name = getattr(activation, "__name__", type(activation).__name__)
+        self.activation = name
+
+    def _activation_config(self) -> str | None:
+        if not self._activation_saveable:
+            raise ConfigError(
+                f"{self._who} uses the custom activation '{self.activation}', which a config "
+                f"cannot name; pass a registered name (see gu.activations.ACTIVATIONS) or add "
+                f"the function to that registry"
+            )
+        return self.activation
+
+    # ---- regularization -------------------------------------------------------------------
+
+    def _add_regularizer(self, param_name: str, spec: RegularizerLike) -> None:
+        reg = get_regularizer(spec)
+        if reg is not None:
+            self._regularizers.append((param_name, reg))
+
+    def regularization_loss(self) -> Tensor | None:
+        """Sum of this layer's weight penalties, or None when it has none (the common case)."""
+        if not self._regularizers:
+            return None
+        total: Tensor | None = None
+        for param_name, reg in self._regularizers:
+            penalty = reg(self.get_parameter(param_name))
+            total = penalty if total is None else total + penalty
+        return total
+
+    def count_params(self) -> int:
+        """Number of trainable and frozen parameters (0 before the layer is built)."""
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- configs --------------------------------------------------------------------------
+
+    def _config(self) -> dict[str, Any]:
+        """Constructor kwargs beyond name and input_shape; JSON-serializable."""
+        return {}
+
+    def _reg_config(self, reg: Any) -> Any:
+        return serialize_regularizer(reg, self._who)
+
+    def get_config(self) -> dict[str, Any]:
+        """{"type": class name, "name": ..., **constructor kwargs}; `layer_from_config`
+        rebuilds the same layer (load the state_dict after building it)."""
+        config: dict[str, Any] = {"type": type(self).__name__, "name": self.name}
+        config.update(self._config())
+        if self.input_shape is not None:
+            config["input_shape"] = list(self.input_shape)
+        return config
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Layer:
+        """Rebuild a layer of this class from `get_config()` output (the "type" key optional)."""
+        kwargs = {k: v for k, v in config.items() if k != "type"}
+        params = inspect.signature(cls).parameters
+        valid = [p for p in params if params[p].kind is not inspect.Parameter.VAR_KEYWORD]
+        for key in kwargs:
+            if key not in valid:
+                raise ConfigError(
+                    f"unknown argument '{key}' for layer {cls.__name__}{did_you_mean(key, valid)}; "
+                    f"valid arguments: {', '.join(valid)}"
+                )
+        for key, param in params.items():
+            if param.default is inspect.Parameter.empty and key not in kwargs:
+                raise ConfigError(f"layer {cls.__name__} needs the argument '{key}' in its config")
+        return cls(**kwargs)
+
+    def extra_repr(self) -> str:
+        parts = [f"name={self.name!r}"]
+        parts += [f"{k}={getattr(self, k)!r}" for k in self._repr_keys]
+        return ", ".join(parts)
+
+
+# ---- argument checks shared by the layers (all raise ConfigError naming the layer) ----------
+
+
+def positive_int(value: Any, arg: str, who: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{who}: {arg} must be a positive integer, got {value!r}")
+    return value
+
+
+def int_pair(value: Any, arg: str, who: str) -> tuple[int, int]:
+    """An int or a pair of ints (height, width), as Keras accepts for kernel_size, strides."""
+    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if (
+        not isinstance(pair, Sequence)
+        or len(pair) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in pair)
+    ):
+        raise ConfigError(f"{who}: {arg} must be a positive int or a pair of them, got {value!r}")
+    return (pair[0], pair[1])
+
+
+def choice(value: Any, arg: str, choices: Sequence[str], who: str) -> str:
+    key = value.lower() if isinstance(value, str) else value
+    if key not in choices:
+        hint = did_you_mean(key, choices) if isinstance(key, str) else ""
+        raise ConfigError(
+            f"{who}: unknown {arg} {value!r}{hint}; valid values: {', '.join(choices)}"
+        )
+    return key
+
+
+def unit_float(value: Any, arg: str, who: str, *, closed: bool = False) -> float:
+    """A float in [0, 1) (or [0, 1] with closed=True)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        value = float(value)
+        ok = 0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0
+    if not ok:
+        bounds = "[0, 1]" if closed else "[0, 1)"
+        raise ConfigError(f"{who}: {arg} must be a number in {bounds}, got {value!r}")
+    return value
+
+
+def positive_float(value: Any, arg: str, who: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{who}: {arg} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def known(dim: int | None, what: str, who: str) -> int:
+    """A dimension the layer needs to create its weights must be known at build time."""
+    if dim is None:
+        raise ShapeError(f"{who} needs a known {what} to build, got None; give it in input_shape")
+    return dim
