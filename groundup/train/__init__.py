@@ -1,0 +1,1 @@
+"""The training engine: one loop (`Trainer`), losses, metrics, optimizers, schedules, callbacks."""

@@ -1,0 +1,427 @@
+"""`groundup tokenizer`, `groundup prepare` and `groundup pretrain`: a GPT from raw text.
+
+corpus -> tokenizer (trained, or loaded from a tokenizer.json) -> token shards (encoded once,
+memory-mapped) -> GPT -> the one `Trainer` on random windows -> checkpoints, metrics, a saved
+model folder (weights, config, tokenizer) and a generated sample.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from groundup.config import check, from_dict, load_config, to_dict
+from groundup.errors import ConfigError, MissingFileError
+from groundup.jobs.train import OptimConfig
+
+
+@dataclass
+class TextDataConfig:
+    """Where the text comes from and where its token shards go."""
+
+    source: str = "pydocs"  # a file, a folder, a .jsonl/.parquet file, or the builtin "pydocs"
+    text_field: str = "text"  # JSONL/Parquet field holding the text
+    bad_rows: Literal["error", "skip"] = "error"
+    val_fraction: float = 0.1
+    shards_dir: str | None = None  # default: <run_dir>/data
+
+    def __post_init__(self) -> None:
+        check(
+            0.0 < self.val_fraction < 1.0,
+            f"data.val_fraction must be in (0, 1), got {self.val_fraction}",
+        )
+
+
+@dataclass
+class TokenizerConfig:
+    """Train a tokenizer on the corpus (kind/vocab_size) or load one (path)."""
+
+    kind: Literal["bpe", "char", "bytes"] = "bpe"
+    vocab_size: int = 4096
+    min_frequency: int = 2
+    byte_fallback: bool = False
+    path: str | None = None  # an existing tokenizer.json (or a folder holding one)
+
+    def __post_init__(self) -> None:
+        check(self.vocab_size >= 1, f"tokenizer.vocab_size must be >= 1, got {self.vocab_size}")
+
+
+@dataclass
+class PretrainLoopConfig:
+    """Steps, batch geometry, evaluation and checkpoint cadence, precision."""
+
+    max_steps: int = 2000
+    batch_size: int = 12  # sequences per micro-batch
+    grad_accum: int = 1
+    tokens_per_step: int | None = None  # when set, grad_accum is derived from it
+    eval_every: int = 250
+    eval_batches: int | None = 20  # null: the whole validation split
+    log_every: int = 10
+    checkpoint_every: int | None = None
+    clip_grad_norm: float | None = 1.0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: str = "auto"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("max_steps", "batch_size", "grad_accum", "eval_every", "log_every"):
+            value = getattr(self, key)
+            check(value >= 1, f"train.{key} must be >= 1, got {value}")
+
+
+@dataclass
+class SampleConfig:
+    """The text generated at the end of a run (and the defaults of `groundup generate`)."""
+
+    prompt: str = "\n"
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int | None = 200
+    top_p: float | None = None
+    seed: int = 0
+
+
+def _pretrain_optim() -> OptimConfig:
+    return OptimConfig(
+        name="adamw",
+        lr=1e-3,
+        weight_decay=0.1,
+        betas=[0.9, 0.99],
+        schedule="cosine",
+        warmup_steps=100,
+        min_lr_ratio=0.1,
+    )
+
+
+@dataclass
+class PretrainConfig:
+    """The whole `groundup pretrain` config (see configs/pretrain-*.yaml)."""
+
+    run_dir: str = "runs/pretrain"
+    seed: int = 1337
+    data: TextDataConfig = field(default_factory=TextDataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    # a preset name and/or GPT fields (n_layer, n_head, n_embd, block_size, flavour, ...);
+    # vocab_size defaults to the tokenizer's
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "gpt2-tiny"})
+    optim: OptimConfig = field(default_factory=_pretrain_optim)
+    train: PretrainLoopConfig = field(default_factory=PretrainLoopConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+# ---------------------------------------------------------------- building blocks
+def build_tokenizer(cfg: PretrainConfig, save_to: Path | None = None, verbose: int = 1):
+    """Load `tokenizer.path`, or train one on the corpus; saved as `save_to` when given."""
+    from groundup.data.corpus import Corpus
+    from groundup.data.tokenizers import Tokenizer
+
+    if cfg.tokenizer.path:
+        tokenizer = Tokenizer.load(cfg.tokenizer.path)
+    else:
+        corpus = Corpus(cfg.data.source, text_field=cfg.data.text_field, bad_rows=cfg.data.bad_rows)
+        tokenizer = Tokenizer.train(
+            corpus,
+            kind=cfg.tokenizer.kind,
+            vocab_size=cfg.tokenizer.vocab_size,
+            min_frequency=cfg.tokenizer.min_frequency,
+            byte_fallback=cfg.tokenizer.byte_fallback,
+        )
+    if verbose:
+        print(f"tokenizer: {tokenizer.kind}, {tokenizer.vocab_size} tokens", flush=True)
+    if save_to is not None:
+        tokenizer.save(save_to)
+    return tokenizer
+
+
+def shards_dir(cfg: PretrainConfig) -> Path:
+    return Path(cfg.data.shards_dir) if cfg.data.shards_dir else Path(cfg.run_dir) / "data"
+
+
+def build_shards(cfg: PretrainConfig, tokenizer, verbose: int = 1):
+    """Reuse the shards in `shards_dir` when they were made with this tokenizer, else encode."""
+    from groundup.data.corpus import Corpus
+    from groundup.data.shards import load_shards, prepare_shards
+
+    out = shards_dir(cfg)
+    if (out / "index.json").is_file():
+        index = load_shards(out)
+        if index.meta.get("tokenizer", {}).get("sha256") == tokenizer.fingerprint():
+            if verbose:
+                print(f"token shards: reusing {out}", flush=True)
+            return index
+    corpus = Corpus(cfg.data.source, text_field=cfg.data.text_field, bad_rows=cfg.data.bad_rows)
+    return prepare_shards(
+        corpus,
+        tokenizer,
+        out,
+        val_fraction=cfg.data.val_fraction,
+        seed=cfg.seed,
+        progress=bool(verbose),
+    )
+
+
+def build_gpt_config(model: dict[str, Any], vocab_size: int):
+    """GPTConfig from the config's `model` mapping: an optional preset plus typed overrides."""
+    from groundup.models.gpt import PRESETS, GPTConfig
+
+    fields = dict(model)
+    preset = fields.pop("preset", None)
+    base = dict(PRESETS[preset]) if preset is not None else {}
+    if preset is not None:
+        GPTConfig.from_name(preset)  # unknown preset names get the did-you-mean error
+    if "vocab_size" not in fields:
+        # a BPE vocabulary is padded to a multiple of 64 (fast matmuls); small ones stay exact
+        fields["vocab_size"] = vocab_size if vocab_size <= 256 else 64 * math.ceil(vocab_size / 64)
+    merged = {**base, **fields}
+    return from_dict(GPTConfig, merged, prefix="model.")
+
+
+def loop_batches(cfg: PretrainConfig, block_size: int) -> int:
+    """grad_accum from tokens_per_step (the global batch), with a clear error if it won't divide."""
+    t = cfg.train
+    if t.tokens_per_step is None:
+        return t.grad_accum
+    per_micro = t.batch_size * block_size
+    if t.tokens_per_step % per_micro:
+        raise ConfigError(
+            f"train.tokens_per_step {t.tokens_per_step} is not a multiple of batch_size x "
+            f"block_size = {per_micro}; pick a multiple (e.g. {per_micro * max(1, t.tokens_per_step // per_micro)})"
+        )
+    return t.tokens_per_step // per_micro
+
+
+def save_model_dir(path: Path, model, tokenizer) -> Path:
+    """A self-contained model folder: weights, GPT config and tokenizer (what `generate` loads)."""
+    from groundup.train.checkpoint import save_weights, unwrap
+
+    path.mkdir(parents=True, exist_ok=True)
+    save_weights(unwrap(model), path / "model.safetensors", metadata={"format": "groundup.gpt"})
+    config = {"model_type": "groundup-gpt", **unwrap(model).config.to_dict()}
+    (path / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    tokenizer.save(path / "tokenizer.json")
+    return path
+
+
+def load_model_dir(path: str | Path, device: str = "cpu"):
+    """Load a GPT saved by `save_model_dir` (a run directory's `model/` or the run itself)."""
+    from groundup.data.tokenizers import Tokenizer
+    from groundup.models.gpt import GPT, GPTConfig
+    from groundup.train.checkpoint import load_weights
+
+    path = Path(path)
+    if (path / "model" / "config.json").is_file():
+        path = path / "model"
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise MissingFileError(
+            f"no model in {path}: expected config.json, model.safetensors and tokenizer.json "
+            "(give a run directory of groundup pretrain or its model/ folder)"
+        )
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{config_file} is not valid JSON ({exc.msg})") from None
+    config.pop("model_type", None)
+    model = GPT(GPTConfig.from_dict(config))
+    load_weights(model, path / "model.safetensors")
+    tokenizer = Tokenizer.load(path / "tokenizer.json")
+    tokenizer.check_fits(model.config.vocab_size)
+    return model.to(device), tokenizer
+
+
+def sample_text(model, tokenizer, sample: SampleConfig, stream: bool = False) -> str:
+    """Generate a continuation of `sample.prompt`; with `stream`, print it as it comes."""
+    import sys
+
+    device = next(model.parameters()).device
+    ids = tokenizer.encode(sample.prompt) or [tokenizer.eot_id]
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    printed = ""
+    new: list[int] = []
+
+    def on_token(token_ids: torch.Tensor) -> None:
+        nonlocal printed
+        new.append(int(token_ids[0]))
+        text = tokenizer.decode(new)
+        if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
+            return
+        sys.stdout.write(text[len(printed) :])
+        sys.stdout.flush()
+        printed = text
+
+    if stream:
+        sys.stdout.write(sample.prompt)
+    out = model.generate(
+        idx,
+        sample.max_new_tokens,
+        temperature=sample.temperature,
+        top_k=sample.top_k,
+        top_p=sample.top_p,
+        eos_id=tokenizer.eot_id,
+        seed=sample.seed,
+        on_token=on_token if stream else None,
+    )
+    if stream:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    return tokenizer.decode(out[0, len(ids) :].tolist())
+
+
+# ---------------------------------------------------------------- the commands
+def run_tokenizer(
+    config_path: str | Path | None,
+    overrides=(),
+    out: str | Path | None = None,
+    config: PretrainConfig | None = None,
+) -> Path:
+    """`groundup tokenizer train CONFIG`: train and save a tokenizer.json."""
+    cfg = config if config is not None else load_config(PretrainConfig, config_path, overrides)
+    target = Path(out) if out is not None else Path(cfg.run_dir) / "tokenizer.json"
+    build_tokenizer(cfg, save_to=target)
+    print(f"saved {target}", flush=True)
+    return target
+
+
+def run_prepare(config_path: str | Path | None, overrides=(), config: PretrainConfig | None = None):
+    """`groundup prepare CONFIG`: tokenizer + token shards, ready for `groundup pretrain`."""
+    cfg = config if config is not None else load_config(PretrainConfig, config_path, overrides)
+    out = shards_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(cfg, save_to=out / "tokenizer.json")
+    index = build_shards(cfg, tokenizer)
+    print(
+        f"token shards in {out}: {len(index.train):,} train and {len(index.val):,} val tokens "
+        f"({index.dtype})",
+        flush=True,
+    )
+    return index
+
+
+def run_pretrain(
+    config_path: str | Path | None,
+    overrides=(),
+    overwrite: bool = False,
+    resume: bool = False,
+    config: PretrainConfig | None = None,
+    verbose: int = 1,
+) -> dict[str, Any]:
+    """`groundup pretrain CONFIG`: train a GPT from scratch; returns headline results."""
+    from groundup.data.windows import RandomWindows, SequentialWindows
+    from groundup.jobs.run_dir import prepare_run_dir
+    from groundup.models.gpt import GPT
+    from groundup.seed import set_seed
+    from groundup.train.callbacks import ModelCheckpoint
+    from groundup.train.hardware import measured_peak_flops
+    from groundup.train.losses import SparseCategoricalCrossentropy
+    from groundup.train.trainer import Trainer, resolve_device, resolve_precision
+
+    cfg = config if config is not None else load_config(PretrainConfig, config_path, overrides)
+    run_dir = Path(cfg.run_dir)
+    last = run_dir / "checkpoints" / "last"
+    if resume:
+        if not (last / "state.json").is_file():
+            raise ConfigError(f"nothing to resume: {last} holds no checkpoint; drop --resume")
+        saved = run_dir / "config.yaml"
+        from groundup.config import load_yaml
+
+        if load_yaml(saved) != to_dict(cfg):
+            raise ConfigError(f"--resume needs the config the run started with ({saved})")
+    else:
+        prepare_run_dir(run_dir, cfg, overwrite=overwrite)
+    set_seed(cfg.seed)
+    tokenizer = build_tokenizer(cfg, save_to=run_dir / "tokenizer.json", verbose=verbose)
+    index = build_shards(cfg, tokenizer, verbose=verbose)
+    gpt_cfg = build_gpt_config(cfg.model, tokenizer.vocab_size)
+    tokenizer.check_fits(gpt_cfg.vocab_size)
+    index.check_block_size(gpt_cfg.block_size)
+    grad_accum = loop_batches(cfg, gpt_cfg.block_size)
+
+    model = GPT(gpt_cfg)
+    device = resolve_device(cfg.train.device)
+    autocast = resolve_precision(cfg.train.precision, device)
+    compute_dtype = autocast or torch.float32
+    peak = measured_peak_flops(device.type, compute_dtype)
+    flops_per_token = model.flops_per_token()
+    if verbose:
+        print(
+            f"model: {gpt_cfg.flavour}, {model.num_params() / 1e6:.2f}M parameters, "
+            f"{flops_per_token / 1e6:.1f} MFLOPs/token; device {device}, "
+            f"{'bf16' if compute_dtype == torch.bfloat16 else str(compute_dtype).removeprefix('torch.')}, "
+            f"measured peak {peak / 1e9:.0f} GFLOP/s",
+            flush=True,
+        )
+    t = cfg.train
+    trainer = Trainer(
+        model,
+        loss=SparseCategoricalCrossentropy(from_logits=True),
+        optimizer=cfg.optim.optimizer_spec(),
+        schedule=cfg.optim.schedule_spec(),
+        grad_accum=grad_accum,
+        clip_grad_norm=t.clip_grad_norm,
+        precision=t.precision,
+        device=device,
+        compile=t.compile,
+        run_dir=run_dir,
+        log_every=t.log_every,
+        verbose=verbose,
+        flops_per_sample=flops_per_token * gpt_cfg.block_size,
+        peak_flops=peak,
+        report_perplexity=True,
+        callbacks=[
+            ModelCheckpoint(
+                run_dir / "checkpoints", monitor="val_loss", every_n_steps=t.checkpoint_every
+            )
+        ],
+    )
+    train = RandomWindows(
+        index.train, gpt_cfg.block_size, t.batch_size, seed=cfg.seed, device=device
+    )
+    val = SequentialWindows(
+        index.val, gpt_cfg.block_size, t.batch_size, max_batches=t.eval_batches, device=device
+    )
+    trainer.fit(
+        train,
+        val,
+        max_steps=t.max_steps,
+        eval_every=t.eval_every,
+        resume_from=last if resume else None,
+    )
+    model_dir = save_model_dir(run_dir / "model", model, tokenizer)
+    final = trainer.evaluate(
+        SequentialWindows(index.val, gpt_cfg.block_size, t.batch_size, device=device), prefix="val_"
+    )
+    results = {
+        "steps": trainer.step,
+        "tokens": trainer.tokens_seen,
+        "params": model.num_params(),
+        "final_val_loss": final.get("val_loss"),
+        "final_val_perplexity": final.get("val_perplexity"),
+        **_throughput(run_dir / "metrics.jsonl"),
+    }
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    if verbose:
+        print(
+            f"val loss (whole split) {results['final_val_loss']:.4f}, perplexity "
+            f"{results['final_val_perplexity']:.2f}; model saved in {model_dir}",
+            flush=True,
+        )
+        print("--- sample ---", flush=True)
+    results["sample"] = sample_text(model, tokenizer, cfg.sample, stream=bool(verbose))
+    return results
+
+
+def _throughput(metrics_file: Path) -> dict[str, float]:
+    """Mean tokens/s and MFU over the logged intervals after the first (warm-up) one."""
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("event") == "train" and "tokens_per_s" in r][1:]
+    if not rows:
+        return {}
+    out = {"tokens_per_s": sum(r["tokens_per_s"] for r in rows) / len(rows)}
+    if all("mfu" in r for r in rows):
+        out["mfu"] = sum(r["mfu"] for r in rows) / len(rows)
+    return out

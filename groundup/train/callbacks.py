@@ -1,0 +1,399 @@
+"""Callbacks: observe the training loop without copying it.
+
+Write your own by subclassing `Callback` and overriding only the hooks you need; every hook
+is a no-op by default. Hooks receive the `Trainer`, so a callback can read `trainer.step`,
+`trainer.epoch`, `trainer.model`, `trainer.optimizer`, and stop training with
+`trainer.stop_training = True`::
+
+    class PrintEvery100(gu.callbacks.Callback):
+        def on_step_end(self, trainer, step):
+            if step % 100 == 0:
+                print(step, trainer.last_loss.item())
+
+`on_step_end` runs on every optimizer step: keep it cheap (`trainer.last_loss` is a tensor;
+calling `.item()` on it forces a device sync).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from groundup.errors import ConfigError
+
+if TYPE_CHECKING:
+    from groundup.train.trainer import Trainer
+
+
+class Callback:
+    """Base class with no-op hooks."""
+
+    def on_train_begin(self, trainer: Trainer) -> None: ...
+    def on_train_end(self, trainer: Trainer) -> None: ...
+    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None: ...
+    def on_step_end(self, trainer: Trainer, step: int) -> None: ...
+    def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None: ...
+    def on_log(self, trainer: Trainer, logs: dict[str, float]) -> None: ...
+    def on_save(self, trainer: Trainer, path: Path) -> None: ...
+
+
+_HOOKS = (
+    "on_train_begin",
+    "on_train_end",
+    "on_epoch_begin",
+    "on_epoch_end",
+    "on_step_end",
+    "on_eval_end",
+    "on_log",
+    "on_save",
+)
+
+
+class CallbackList:
+    """Dispatches each hook only to the callbacks that override it (the step hook runs often)."""
+
+    def __init__(self, callbacks: list[Callback]) -> None:
+        for cb in callbacks:
+            if not isinstance(cb, Callback):
+                raise ConfigError(
+                    f"callbacks must be groundup.callbacks.Callback instances, got {type(cb).__name__}"
+                )
+        self.callbacks = list(callbacks)
+        self._by_hook = {
+            hook: [
+                getattr(cb, hook)
+                for cb in self.callbacks
+                if getattr(type(cb), hook) is not getattr(Callback, hook)
+            ]
+            for hook in _HOOKS
+        }
+
+    def call(self, hook: str, *args: Any) -> None:
+        for fn in self._by_hook[hook]:
+            fn(*args)
+
+    def has(self, hook: str) -> bool:
+        return bool(self._by_hook[hook])
+
+
+def _mode_for(monitor: str, mode: str) -> str:
+    if mode not in ("auto", "min", "max"):
+        raise ConfigError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+    if mode != "auto":
+        return mode
+    name = monitor.removeprefix("val_")
+    higher_is_better = ("acc", "accuracy", "f1", "precision", "recall", "r2", "auc")
+    return "max" if any(name.startswith(h) or name.endswith(h) for h in higher_is_better) else "min"
+
+
+class _Monitor:
+    """Tracks the best value of a logged quantity."""
+
+    def __init__(self, monitor: str, mode: str, min_delta: float = 0.0) -> None:
+        self.monitor = monitor
+        self.mode = _mode_for(monitor, mode)
+        self.min_delta = abs(min_delta)
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def improved(self, value: float) -> bool:
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def value(self, logs: dict[str, float]) -> float | None:
+        if self.monitor not in logs:
+            return None
+        return float(logs[self.monitor])
+
+
+class EarlyStopping(Callback):
+    """Stop when `monitor` has not improved by `min_delta` for `patience` evaluations.
+
+    With `restore_best_weights=True` the model ends training with the weights of its best
+    evaluation (kept as a CPU copy), whether or not it stopped early.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: str = "auto",
+        patience: int = 0,
+        min_delta: float = 0.0,
+        restore_best_weights: bool = False,
+        start_from_epoch: int = 0,
+    ) -> None:
+        if patience < 0:
+            raise ConfigError(f"EarlyStopping patience must be >= 0, got {patience}")
+        self.tracker = _Monitor(monitor, mode, min_delta)
+        self.patience = patience
+        self.restore_best_weights = restore_best_weights
+        self.start_from_epoch = start_from_epoch
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.best_step: int | None = None
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        self.tracker.best = math.inf if self.tracker.mode == "min" else -math.inf
+        self.wait, self.stopped_epoch, self.best_weights = 0, None, None
+        if self.tracker.monitor.startswith("val_") and not trainer.has_validation:
+            raise ConfigError(
+                f"EarlyStopping monitors '{self.tracker.monitor}' but there is no validation "
+                "data; pass validation_split/validation_data or monitor 'loss'"
+            )
+
+    def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        if self.tracker.monitor.startswith("val_"):
+            self._check(trainer, logs)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        if not self.tracker.monitor.startswith("val_"):  # a training quantity: once per epoch
+            self._check(trainer, logs)
+
+    def _check(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        value = self.tracker.value(logs)
+        if value is None:
+            raise ConfigError(
+                f"EarlyStopping monitors '{self.tracker.monitor}' but the logs have "
+                f"{sorted(logs)}; give validation data or monitor one of those"
+            )
+        if trainer.epoch < self.start_from_epoch:
+            return
+        if self.tracker.improved(value):
+            self.tracker.best = value
+            self.wait = 0
+            self.best_step = trainer.step
+            if self.restore_best_weights:
+                self.best_weights = {
+                    k: v.detach().to("cpu", copy=True)
+                    for k, v in trainer.model.state_dict().items()
+                }
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = trainer.epoch
+            trainer.stop_training = True
+            trainer.log_message(
+                f"early stopping: {self.tracker.monitor} did not improve for "
+                f"{self.wait} evaluations (best {self.tracker.best:.4f})"
+            )
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        if self.restore_best_weights and self.best_weights is not None:
+            trainer.model.load_state_dict(self.best_weights)
+
+
+class ModelCheckpoint(Callback):
+    """Save checkpoints into `dirpath` (default: the run directory's `checkpoints/`).
+
+    `last/` is rewritten at every evaluation (and every `every_n_steps` steps when set);
+    `best/` when `monitor` improves. Each is a complete checkpoint (weights, optimizer, RNG,
+    counters), written atomically.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | Path | None = None,
+        monitor: str | None = "val_loss",
+        mode: str = "auto",
+        save_best: bool = True,
+        save_last: bool = True,
+        every_n_steps: int | None = None,
+    ) -> None:
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.tracker = _Monitor(monitor, mode) if monitor else None
+        self.save_best = save_best and monitor is not None
+        self.save_last = save_last
+        self.every_n_steps = every_n_steps
+        self.best_path: Path | None = None
+        self.last_path: Path | None = None
+
+    def _dir(self, trainer: Trainer) -> Path:
+        if self.dirpath is not None:
+            return self.dirpath
+        if trainer.run_dir is None:
+            raise ConfigError("ModelCheckpoint needs a dirpath or a Trainer run_dir")
+        return trainer.run_dir / "checkpoints"
+
+    def on_step_end(self, trainer: Trainer, step: int) -> None:
+        if self.every_n_steps and step % self.every_n_steps == 0:
+            self.last_path = trainer.save_checkpoint(self._dir(trainer) / "last")
+
+    def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        if self.save_best and self.tracker is not None:
+            value = self.tracker.value(logs)
+            if value is not None and self.tracker.improved(value):
+                self.tracker.best = value
+                self.best_path = trainer.save_checkpoint(self._dir(trainer) / "best")
+        if self.save_last:
+            self.last_path = trainer.save_checkpoint(self._dir(trainer) / "last")
+
+
+class LearningRateMonitor(Callback):
+    """Adds the learning rate of each param group to the logs (`lr`, `lr_1`, ...)."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def _lrs(self, trainer: Trainer) -> dict[str, float]:
+        groups = trainer.optimizer.param_groups
+        return {("lr" if i == 0 else f"lr_{i}"): g["lr"] for i, g in enumerate(groups)}
+
+    def on_log(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        logs.update(self._lrs(trainer))
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        lrs = self._lrs(trainer)
+        logs.update(lrs)
+        self.values.append(lrs["lr"])
+
+
+class CSVLogger(Callback):
+    """One CSV row per epoch (or per evaluation in step-based runs)."""
+
+    def __init__(self, filename: str | Path, separator: str = ",", append: bool = False) -> None:
+        self.filename = Path(filename)
+        self.separator = separator
+        self.append = append
+        self._keys: list[str] | None = None
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        self.filename.parent.mkdir(parents=True, exist_ok=True)
+        if not self.append and self.filename.exists():
+            self.filename.unlink()
+        self._keys = None
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        row = {"epoch": epoch, "step": trainer.step, **logs}
+        exists = self.filename.exists() and self.filename.stat().st_size > 0
+        if self._keys is None:
+            self._keys = list(row)
+        with open(self.filename, "a", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(
+                fh, fieldnames=self._keys, delimiter=self.separator, extrasaction="ignore"
+            )
+            if not exists:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+class ProgressBar(Callback):
+    """A rich progress bar on a terminal; plain log lines when the output is not a terminal.
+
+    verbose: 1 = bar (or a line every `log_every` steps when not a terminal), 2 = one line
+    per epoch. The bar refreshes at most 10 times a second, so the per-step cost is a clock read.
+    """
+
+    def __init__(self, verbose: int = 1, stream: Any = None) -> None:
+        self.verbose = verbose
+        self.stream = stream if stream is not None else sys.stdout
+        self._progress: Any = None
+        self._task: Any = None
+        self._next_refresh = 0.0
+
+    @property
+    def interactive(self) -> bool:
+        return self.verbose == 1 and hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        if self.interactive:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=Console(file=self.stream),
+                transient=False,
+            )
+            self._progress.start()
+
+    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+        if self._progress is not None:
+            total = trainer.steps_per_epoch or trainer.total_steps
+            label = (
+                f"epoch {epoch - trainer.start_epoch + 1}/{trainer.epochs}"
+                if trainer.epochs
+                else "train"
+            )
+            if self._task is not None:
+                self._progress.remove_task(self._task)
+            self._task = self._progress.add_task(label, total=total, info="")
+
+    def on_step_end(self, trainer: Trainer, step: int) -> None:
+        if self._progress is None:
+            return
+        now = time.monotonic()
+        if now < self._next_refresh:
+            return
+        self._next_refresh = now + 0.1
+        done = trainer.step_in_epoch if trainer.steps_per_epoch else trainer.step
+        self._progress.update(
+            self._task, completed=done, info=f"loss {trainer.last_loss.item():.4f}"
+        )
+
+    def on_log(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        # Without a terminal, step-based runs (pretraining) print a line per log interval;
+        # epoch-based runs print one line per epoch instead.
+        if self.verbose == 1 and self._progress is None and trainer.steps_per_epoch is None:
+            print(_format_line(f"step {trainer.step}", logs), file=self.stream, flush=True)
+
+    def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        if trainer.steps_per_epoch is None and self.verbose:  # step-based run: show evals
+            line = _format_line(f"step {trainer.step}", logs)
+            if self._progress is not None:
+                self._progress.console.print(line)
+            else:
+                print(line, file=self.stream, flush=True)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        if not self.verbose or trainer.steps_per_epoch is None:
+            return
+        label = (
+            f"epoch {epoch - trainer.start_epoch + 1}/{trainer.epochs}"
+            if trainer.epochs
+            else f"epoch {epoch + 1}"
+        )
+        line = _format_line(label, logs)
+        if self._progress is not None:
+            self._progress.update(self._task, completed=trainer.steps_per_epoch, info="")
+            self._progress.console.print(line)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+            self._task = None
+
+
+def _format_line(prefix: str, logs: dict[str, float]) -> str:
+    parts = [prefix]
+    for key, value in logs.items():
+        if key in ("epoch", "step"):
+            continue
+        if isinstance(value, float):
+            text = (
+                f"{value:.4g}" if (abs(value) >= 1e4 or 0 < abs(value) < 1e-3) else f"{value:.4f}"
+            )
+            parts.append(f"{key} {text}")
+        elif isinstance(value, int):
+            parts.append(f"{key} {value}")
+    return " - ".join(parts)

@@ -1,0 +1,568 @@
+"""The one training loop. `Sequential.fit`, `groundup train`, pretraining and fine-tuning are
+configurations of it.
+
+A step: for each of `grad_accum` micro-batches, forward, loss, backward; clip; optimizer step;
+LR schedule; callbacks. With accumulation, each micro-batch's summed loss is divided by the
+item count of the whole step (valid tokens for language models), so k micro-batches of b give
+exactly the gradients of one batch of k*b, masked tokens included.
+
+The hot loop does no Python work per sample and no device sync per step: losses stay tensors
+until a log line needs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from groundup.errors import ConfigError
+from groundup.train.batches import Batch
+from groundup.train.callbacks import Callback, CallbackList, ProgressBar
+from groundup.train.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from groundup.train.history import History
+from groundup.train.losses import Loss, get_loss
+from groundup.train.metrics import Metric, get_metric
+from groundup.train.optim import build_optimizer
+from groundup.train.schedules import ConstantSchedule, Schedule, build_schedule
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else the CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{device}'; use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA GPU is available; use device: auto")
+    return dev
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """True where bf16 matmuls run natively (CUDA with bf16, CPUs with AVX-512 BF16 / AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        try:
+            return bool(check()) if check is not None else False
+        except RuntimeError:
+            return False
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision`, or None for plain fp32."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if bf16_supported(device) else None
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+class Trainer:
+    """Trains any `nn.Module` with a loss, an optimizer and an optional LR schedule.
+
+    Batches are tuples `(x, y)` or `(x, y, sample_weight)` from any iterable: a
+    `TensorBatches` for in-memory data, a window sampler over token shards, or your own.
+
+    Example::
+
+        trainer = gu.Trainer(model, loss="mse", optimizer="adamw", lr=1e-3)
+        history = trainer.fit(gu.TensorBatches(x, y, batch_size=64), epochs=10)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: str | Loss | Callable = "mse",
+        optimizer: Any = "adamw",
+        *,
+        lr: float | None = None,
+        weight_decay: float | None = None,
+        schedule: Any = None,
+        metrics: Sequence[str | Metric] = (),
+        callbacks: Sequence[Callback] = (),
+        grad_accum: int = 1,
+        clip_grad_norm: float | None = None,
+        precision: str = "fp32",
+        device: str | torch.device = "auto",
+        compile: bool = False,
+        run_dir: str | Path | None = None,
+        forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        output_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        regularizer: Callable[[], torch.Tensor | None] | None = None,
+        log_every: int = 50,
+        verbose: int = 1,
+        flops_per_sample: float | None = None,
+        peak_flops: float | None = None,
+        report_perplexity: bool = False,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"Trainer needs a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(grad_accum, int) or grad_accum < 1:
+            raise ConfigError(f"grad_accum must be an integer >= 1, got {grad_accum!r}")
+        if clip_grad_norm is not None and clip_grad_norm <= 0:
+            raise ConfigError(
+                f"clip_grad_norm must be > 0 (or null to disable), got {clip_grad_norm}"
+            )
+        if log_every < 1:
+            raise ConfigError(f"log_every must be >= 1, got {log_every}")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.loss_fn: Loss = get_loss(loss)
+        self._optimizer_spec = optimizer
+        self._optimizer_overrides = {
+            k: v for k, v in (("lr", lr), ("weight_decay", weight_decay)) if v is not None
+        }
+        self.optimizer: torch.optim.Optimizer | None = None
+        if isinstance(optimizer, torch.optim.Optimizer):
+            self.optimizer = optimizer
+        self.schedule_spec = schedule
+        self.schedule: Schedule | None = None
+        self.metrics: list[Metric] = [get_metric(m) for m in metrics]
+        self.user_callbacks = list(callbacks)
+        self.grad_accum = grad_accum
+        self.clip_grad_norm = clip_grad_norm
+        self.autocast_dtype = resolve_precision(precision, self.device)
+        self.precision = precision
+        self.compile = compile
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self._forward_fn = forward if forward is not None else self.model
+        self._forward = self._forward_fn
+        self.output_transform = output_transform
+        self.regularizer = regularizer
+        self.log_every = log_every
+        self.verbose = verbose
+        self.flops_per_sample = flops_per_sample
+        self.peak_flops = peak_flops
+        self.report_perplexity = report_perplexity  # language models: exp(mean token loss)
+
+        # Counters (saved in checkpoints).
+        self.step = 0  # optimizer steps taken
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.samples_seen = 0
+        self.tokens_seen = 0
+        self.stop_training = False
+        self.last_loss: torch.Tensor = torch.zeros(())
+        self.epochs: int | None = None
+        self.start_epoch = 0  # the epoch this fit() started at (for display)
+        self.total_steps: int | None = None
+        self.steps_per_epoch: int | None = None
+        self.history = History()
+        self._metrics_file: Any = None
+        self._train_data: Any = None
+        self.has_validation = False
+        self._micro_share = 1.0  # this micro-batch's item count (scales a per-step penalty)
+
+    # ---------------------------------------------------------------- setup
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """Build the optimizer from its spec once the model's parameters exist."""
+        if self.optimizer is None:
+            self.optimizer = build_optimizer(
+                self._optimizer_spec, self.model, **self._optimizer_overrides
+            )
+        return self.optimizer
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _to_device(self, batch: Batch) -> Batch:
+        if self.device.type == "cpu":
+            return batch
+        non_blocking = self.device.type == "cuda"
+        return tuple(t.to(self.device, non_blocking=non_blocking) for t in batch)
+
+    # ---------------------------------------------------------------- the step
+    def compute_loss(
+        self, batch: Batch, reduction: str = "mean"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward one batch and return `(loss, outputs)`. Override for custom models.
+
+        `reduction="sum"` returns the loss summed over the items `loss_fn.count` counts
+        (the trainer divides by the step's total count when accumulating gradients).
+        """
+        x, y = batch[0], batch[1]
+        weight = batch[2] if len(batch) > 2 else None
+        outputs = self._forward(x)
+        if reduction == "sum":
+            loss = self.loss_fn.sum(outputs, y, weight)
+        else:
+            loss = self.loss_fn(outputs, y, weight)
+        if self.regularizer is not None:
+            penalty = self.regularizer()
+            if penalty is not None:
+                # the penalty belongs once per step: scale it by this micro-batch's share
+                loss = loss + (penalty * self._micro_share if reduction == "sum" else penalty)
+        return loss, outputs
+
+    def train_step(self, micro_batches: list[Batch]) -> torch.Tensor:
+        """One optimizer step over `micro_batches`; returns the step's mean loss (a tensor)."""
+        optimizer = self.optimizer
+        if len(micro_batches) == 1:
+            batch = micro_batches[0]
+            with self._autocast():
+                loss, outputs = self.compute_loss(batch)
+            loss.backward()
+            self._update_metrics(outputs, batch[1])
+            step_loss = loss.detach()
+        else:
+            counts = [self.loss_fn.count(b[1]) for b in micro_batches]
+            total = sum(counts)
+            step_loss = torch.zeros((), device=self.device)
+            for batch, count in zip(micro_batches, counts):
+                self._micro_share = count * 1.0
+                with self._autocast():
+                    loss_sum, outputs = self.compute_loss(batch, reduction="sum")
+                    loss = loss_sum / total
+                loss.backward()
+                self._update_metrics(outputs, batch[1])
+                step_loss += loss.detach()
+        if self.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return step_loss
+
+    def _update_metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        if not self.metrics:
+            return
+        outputs = outputs.detach()
+        if self.output_transform is not None:
+            outputs = self.output_transform(outputs)
+        for metric in self.metrics:
+            metric.update(outputs, targets)
+
+    # ---------------------------------------------------------------- fit
+    def fit(
+        self,
+        train: Iterable[Batch],
+        val: Iterable[Batch] | None = None,
+        *,
+        epochs: int | None = None,
+        max_steps: int | None = None,
+        eval_every: int | None = None,
+        eval_batches: int | None = None,
+        checkpoint_every: int | None = None,
+        resume_from: str | Path | None = None,
+    ) -> History:
+        """Train for `epochs` passes over `train` or `max_steps` optimizer steps (or both: the
+        first reached). Validation runs at each epoch end, or every `eval_every` steps."""
+        if epochs is not None and (not isinstance(epochs, int) or epochs < 0):
+            raise ConfigError(f"epochs must be a non-negative integer, got {epochs!r}")
+        if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 0):
+            raise ConfigError(f"max_steps must be a non-negative integer, got {max_steps!r}")
+        if eval_every is not None and eval_every < 1:
+            raise ConfigError(f"eval_every must be >= 1 (or null), got {eval_every}")
+        try:
+            batches_per_epoch = len(train)  # type: ignore[arg-type]
+        except TypeError:
+            batches_per_epoch = None  # an endless stream (random windows): steps only
+        if batches_per_epoch is None and max_steps is None:
+            raise ConfigError("this data source never ends: set max_steps (optimizer steps)")
+        if epochs is None and max_steps is None:
+            epochs = 1
+        self.steps_per_epoch = (
+            max(1, batches_per_epoch // self.grad_accum) if batches_per_epoch else None
+        )
+        if batches_per_epoch is not None and batches_per_epoch < self.grad_accum:
+            raise ConfigError(
+                f"grad_accum {self.grad_accum} needs at least that many batches per epoch, "
+                f"the data gives {batches_per_epoch}; lower grad_accum or the batch size"
+            )
+        budget = []
+        if epochs is not None and self.steps_per_epoch is not None:
+            budget.append(epochs * self.steps_per_epoch)
+        if max_steps is not None:
+            budget.append(max_steps)
+        self.epochs = epochs if self.steps_per_epoch is not None else None
+        self._train_data = train
+        self.has_validation = val is not None
+
+        self.build_optimizer()
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)  # the budget counts from the run's first step
+            self.total_steps = min(budget)
+        else:  # a second fit() trains for its own budget, like Keras
+            self.total_steps = self.step + min(budget)
+            self.start_epoch = self.epoch
+        self.schedule = build_schedule(self.schedule_spec, self.total_steps)
+        if self.compile and self._forward is self._forward_fn:
+            self._forward = torch.compile(self._forward_fn)
+
+        callbacks = CallbackList(self._callbacks())
+        self.stop_training = False
+        self._open_metrics_file()
+        callbacks.call("on_train_begin", self)
+        try:
+            self._run(train, val, callbacks, eval_every, eval_batches, checkpoint_every)
+        finally:
+            callbacks.call("on_train_end", self)
+            self._close_metrics_file()
+        return self.history
+
+    def _callbacks(self) -> list[Callback]:
+        cbs = list(self.user_callbacks)
+        if self.verbose and not any(isinstance(cb, ProgressBar) for cb in cbs):
+            cbs.append(ProgressBar(verbose=self.verbose))
+        return cbs
+
+    def _run(
+        self,
+        train: Iterable[Batch],
+        val: Iterable[Batch] | None,
+        callbacks: CallbackList,
+        eval_every: int | None,
+        eval_batches: int | None,
+        checkpoint_every: int | None,
+    ) -> None:
+        model, schedule, accum = self.model, self.schedule, self.grad_accum
+        # a constant LR without warmup needs no per-step work
+        apply_schedule = not (isinstance(schedule, ConstantSchedule) and schedule.warmup_steps == 0)
+        has_step_hook = callbacks.has("on_step_end")
+        if apply_schedule:
+            schedule.apply(self.optimizer, self.step)
+        while self.step < self.total_steps and not self.stop_training:
+            model.train()
+            for m in self.metrics:
+                m.reset()
+            callbacks.call("on_epoch_begin", self, self.epoch)
+            step_losses: list[torch.Tensor] = []
+            step_sizes: list[int] = []
+            window_start, window_items = time.perf_counter(), 0
+            window_losses: list[torch.Tensor] = []
+            iterator: Iterator[Batch] = iter(train)
+            micro: list[Batch] = []
+            for batch in iterator:
+                micro.append(self._to_device(batch))
+                if len(micro) < accum:
+                    continue
+                loss = self.train_step(micro)
+                x = micro[0][0]
+                n_samples = x.shape[0] * len(micro)
+                self.samples_seen += n_samples
+                if x.dtype in (torch.int64, torch.int32) and x.dim() == 2:
+                    self.tokens_seen += x.numel() * len(micro)
+                window_items += n_samples
+                micro = []
+                self.step += 1
+                self.step_in_epoch += 1
+                self.last_loss = loss
+                step_losses.append(loss)
+                step_sizes.append(n_samples)
+                window_losses.append(loss)
+                if apply_schedule:
+                    schedule.apply(self.optimizer, self.step)
+                if has_step_hook:
+                    callbacks.call("on_step_end", self, self.step)
+                if self.step % self.log_every == 0:
+                    self._log_train(callbacks, window_losses, window_items, window_start)
+                    window_start, window_items, window_losses = time.perf_counter(), 0, []
+                if checkpoint_every and self.step % checkpoint_every == 0 and self.run_dir:
+                    self.save_checkpoint(self.run_dir / "checkpoints" / "last")
+                if eval_every and self.step % eval_every == 0 and val is not None:
+                    self._evaluate_and_record(val, eval_batches, callbacks)
+                    model.train()
+                if self.step >= self.total_steps or self.stop_training:
+                    break
+            epoch_ended = self.steps_per_epoch is not None and (
+                self.step_in_epoch >= self.steps_per_epoch
+            )
+            logs = self._epoch_logs(step_losses, step_sizes)
+            if self.steps_per_epoch is not None:
+                if val is not None and not eval_every:
+                    val_logs = self.evaluate(val, max_batches=eval_batches, prefix="val_")
+                    logs.update(val_logs)
+                    callbacks.call("on_eval_end", self, logs)
+                callbacks.call("on_epoch_end", self, self.epoch, logs)
+                self.history.record(self.epoch, self.step, logs)
+                self._write_metrics(
+                    {"event": "epoch", "epoch": self.epoch, "step": self.step, **logs}
+                )
+            elif val is not None and (not eval_every or self.step % eval_every != 0):
+                self._evaluate_and_record(val, eval_batches, callbacks)  # final evaluation
+            if epoch_ended or self.steps_per_epoch is None:
+                self.epoch += 1
+                self.step_in_epoch = 0
+            if self.steps_per_epoch is None:
+                break
+
+    def _epoch_logs(self, losses: list[torch.Tensor], sizes: list[int]) -> dict[str, float]:
+        logs: dict[str, float] = {}
+        if losses:
+            weights = torch.tensor(sizes, dtype=torch.float32)
+            stacked = torch.stack([loss.float().cpu() for loss in losses])
+            logs["loss"] = float((stacked * weights).sum() / weights.sum())
+        for m in self.metrics:
+            logs[m.name] = m.compute()
+        return logs
+
+    def _evaluate_and_record(
+        self, val: Iterable[Batch], eval_batches: int | None, callbacks: CallbackList
+    ) -> None:
+        logs = self.evaluate(val, max_batches=eval_batches, prefix="val_")
+        callbacks.call("on_eval_end", self, logs)
+        self.history.record(self.epoch, self.step, logs)
+        self._write_metrics({"event": "eval", "step": self.step, **logs})
+
+    def _log_train(
+        self,
+        callbacks: CallbackList,
+        losses: list[torch.Tensor],
+        items: int,
+        start: float,
+    ) -> None:
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        loss = float(torch.stack(losses).float().mean()) if losses else math.nan
+        logs: dict[str, float] = {"loss": loss, "lr": self.optimizer.param_groups[0]["lr"]}
+        if self.tokens_seen:
+            per_sample = self.tokens_seen / max(self.samples_seen, 1)
+            logs["tokens_per_s"] = items * per_sample / elapsed
+        else:
+            logs["samples_per_s"] = items / elapsed
+        if self.flops_per_sample and self.peak_flops:
+            logs["mfu"] = items * self.flops_per_sample / elapsed / self.peak_flops
+        callbacks.call("on_log", self, logs)
+        self._write_metrics({"event": "train", "step": self.step, "epoch": self.epoch, **logs})
+
+    # ---------------------------------------------------------------- evaluate / predict
+    @torch.no_grad()
+    def evaluate(
+        self, data: Iterable[Batch], max_batches: int | None = None, prefix: str = ""
+    ) -> dict[str, float]:
+        """Mean loss (over items, not batches) and metrics on `data`."""
+        was_training = self.model.training
+        self.model.eval()
+        metrics = [_fresh(m) for m in self.metrics]
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        count = 0
+        for i, batch in enumerate(data):
+            if max_batches is not None and i >= max_batches:
+                break
+            batch = self._to_device(batch)
+            x, y = batch[0], batch[1]
+            with self._autocast():
+                outputs = self._forward(x)
+                total += self.loss_fn.sum(outputs, y).double()
+            count += int(self.loss_fn.count(y))
+            if metrics:
+                out = outputs.float()
+                if self.output_transform is not None:
+                    out = self.output_transform(out)
+                for m in metrics:
+                    m.update(out, y)
+        self.model.train(was_training)
+        if count == 0:
+            return {}
+        logs = {f"{prefix}loss": float(total / count)}
+        if self.report_perplexity:
+            logs[f"{prefix}perplexity"] = math.exp(min(logs[f"{prefix}loss"], 700.0))
+        for m in metrics:
+            logs[f"{prefix}{m.name}"] = m.compute()
+        return logs
+
+    @torch.no_grad()
+    def predict(self, data: Iterable[Batch] | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Model outputs (after `output_transform`) for every batch, concatenated on the CPU."""
+        was_training = self.model.training
+        self.model.eval()
+        if isinstance(data, torch.Tensor):
+            data = [(data[i : i + batch_size],) for i in range(0, data.shape[0], batch_size)]
+        outs = []
+        for batch in data:
+            x = self._to_device(tuple(batch))[0]
+            with self._autocast():
+                out = self._forward(x)
+            out = out.float()
+            if self.output_transform is not None:
+                out = self.output_transform(out)
+            outs.append(out.cpu())
+        self.model.train(was_training)
+        return torch.cat(outs) if outs else torch.empty(0)
+
+    # ---------------------------------------------------------------- checkpoints
+    def state(self) -> dict[str, Any]:
+        """Counters and data position for exact resume."""
+        state: dict[str, Any] = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "samples_seen": self.samples_seen,
+            "tokens_seen": self.tokens_seen,
+        }
+        data_state = getattr(self._train_data, "state_dict", None)
+        if callable(data_state):
+            state["data"] = data_state()
+        return state
+
+    def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        state = self.state()
+        if extra:
+            state.update(extra)
+        path = save_checkpoint(path, unwrap(self.model), self.optimizer, state)
+        for cb in self.user_callbacks:
+            cb.on_save(self, path)
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
+        self.build_optimizer()
+        state = load_checkpoint(path, unwrap(self.model), self.optimizer)
+        self.step = int(state.get("step", 0))
+        self.epoch = int(state.get("epoch", 0))
+        self.step_in_epoch = int(state.get("step_in_epoch", 0))
+        self.samples_seen = int(state.get("samples_seen", 0))
+        self.tokens_seen = int(state.get("tokens_seen", 0))
+        loader = getattr(self._train_data, "load_state_dict", None)
+        if "data" in state and callable(loader):
+            loader(state["data"])
+        return state
+
+    # ---------------------------------------------------------------- logging
+    def _open_metrics_file(self) -> None:
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._metrics_file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+
+    def _close_metrics_file(self) -> None:
+        if self._metrics_file is not None:
+            self._metrics_file.close()
+            self._metrics_file = None
+
+    def _write_metrics(self, record: dict[str, Any]) -> None:
+        if self._metrics_file is not None:
+            self._metrics_file.write(json.dumps(record) + "\n")
+            self._metrics_file.flush()
+
+    def log_message(self, text: str) -> None:
+        """A human-readable note (early stopping, resume) on the console when verbose."""
+        if self.verbose:
+            print(text, flush=True)
+        self._write_metrics({"event": "message", "step": self.step, "text": text})
+
+
+def _fresh(metric: Metric) -> Metric:
+    """Evaluation must not disturb the running training metrics: use a reset copy."""
+    m = copy.deepcopy(metric)
+    m.reset()
+    return m
