@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, add_args, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
-        p.set_defaults(run=run)
+        p.set_defaults(handler=run)
     return parser
 
 
@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        args.run(args)
+        args.handler(args)
     except GroundupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

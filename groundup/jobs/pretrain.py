@@ -150,7 +150,7 @@ def build_shards(cfg: PretrainConfig, tokenizer, verbose: int = 1):
     out = shards_dir(cfg)
     if (out / "index.json").is_file():
         index = load_shards(out)
-        if index.meta.get("tokenizer", {}).get("sha256") == tokenizer.fingerprint():
+        if _shards_match(index.meta, cfg, tokenizer):
             if verbose:
                 print(f"token shards: reusing {out}", flush=True)
             return index
@@ -165,15 +165,37 @@ def build_shards(cfg: PretrainConfig, tokenizer, verbose: int = 1):
     )
 
 
+def _shards_match(meta: dict[str, Any], cfg: PretrainConfig, tokenizer) -> bool:
+    """True when shards were encoded from this corpus, split and tokenizer.
+
+    The tokenizer alone is not enough: a bytes tokenizer is the same for every corpus, so a
+    changed data.source would silently train on the old text.
+    """
+    from groundup.data.corpus import Corpus
+
+    try:
+        source = Corpus(
+            cfg.data.source, text_field=cfg.data.text_field, bad_rows=cfg.data.bad_rows
+        ).description
+    except MissingFileError:
+        source = None  # the raw corpus is gone (shards copied elsewhere): trust the shards
+    return (
+        meta.get("tokenizer", {}).get("sha256") == tokenizer.fingerprint()
+        and meta.get("seed") == cfg.seed
+        and meta.get("val_fraction") == cfg.data.val_fraction
+        and (source is None or meta.get("source") == source)
+    )
+
+
 def build_gpt_config(model: dict[str, Any], vocab_size: int):
     """GPTConfig from the config's `model` mapping: an optional preset plus typed overrides."""
     from groundup.models.gpt import PRESETS, GPTConfig
+    from groundup.registry import lookup
 
     fields = dict(model)
     preset = fields.pop("preset", None)
-    base = dict(PRESETS[preset]) if preset is not None else {}
-    if preset is not None:
-        GPTConfig.from_name(preset)  # unknown preset names get the did-you-mean error
+    # lookup: case-insensitive, and an unknown name gets "did you mean" (not a KeyError)
+    base = dict(lookup(PRESETS, preset, "model preset")) if preset is not None else {}
     if "vocab_size" not in fields:
         # a BPE vocabulary is padded to a multiple of 64 (fast matmuls); small ones stay exact
         fields["vocab_size"] = vocab_size if vocab_size <= 256 else 64 * math.ceil(vocab_size / 64)
@@ -234,10 +256,35 @@ def load_model_dir(path: str | Path, device: str = "cpu"):
     return model.to(device), tokenizer
 
 
+class _TokenizerLogits(torch.nn.Module):
+    """A GPT whose logits stop at the tokenizer's vocabulary, for sampling.
+
+    A BPE vocabulary is padded to a multiple of 64 in the model: those rows never occur in
+    training yet keep some probability, and a sampled padding id has no text to decode.
+    """
+
+    def __init__(self, model: torch.nn.Module, vocab_size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.vocab_size = vocab_size
+        self.config = model.config
+        self.train(model.training)  # generate() restores the wrapper's mode, hence the model's
+
+    def forward(self, idx: torch.Tensor, kv_cache=None) -> torch.Tensor:
+        return self.model(idx, kv_cache=kv_cache)[..., : self.vocab_size]  # (B, T, V_tokenizer)
+
+    def new_kv_cache(self, max_len: int):
+        return self.model.new_kv_cache(max_len)
+
+
 def sample_text(model, tokenizer, sample: SampleConfig, stream: bool = False) -> str:
     """Generate a continuation of `sample.prompt`; with `stream`, print it as it comes."""
     import sys
 
+    from groundup.generate import generate
+
+    if tokenizer.vocab_size < model.config.vocab_size:
+        model = _TokenizerLogits(model, tokenizer.vocab_size)
     device = next(model.parameters()).device
     ids = tokenizer.encode(sample.prompt) or [tokenizer.eot_id]
     idx = torch.tensor([ids], dtype=torch.long, device=device)
@@ -256,7 +303,8 @@ def sample_text(model, tokenizer, sample: SampleConfig, stream: bool = False) ->
 
     if stream:
         sys.stdout.write(sample.prompt)
-    out = model.generate(
+    out = generate(
+        model,
         idx,
         sample.max_new_tokens,
         temperature=sample.temperature,
@@ -331,9 +379,10 @@ def run_pretrain(
 
         if load_yaml(saved) != to_dict(cfg):
             raise ConfigError(f"--resume needs the config the run started with ({saved})")
+        best_val_loss = _rewind_metrics(run_dir / "metrics.jsonl", _checkpoint_step(last))
     else:
         prepare_run_dir(run_dir, cfg, overwrite=overwrite)
-    set_seed(cfg.seed)
+        best_val_loss = None
     tokenizer = build_tokenizer(cfg, save_to=run_dir / "tokenizer.json", verbose=verbose)
     index = build_shards(cfg, tokenizer, verbose=verbose)
     gpt_cfg = build_gpt_config(cfg.model, tokenizer.vocab_size)
@@ -341,11 +390,14 @@ def run_pretrain(
     index.check_block_size(gpt_cfg.block_size)
     grad_accum = loop_batches(cfg, gpt_cfg.block_size)
 
-    model = GPT(gpt_cfg)
     device = resolve_device(cfg.train.device)
     autocast = resolve_precision(cfg.train.precision, device)
     compute_dtype = autocast or torch.float32
+    # Trap: the first measurement in a process draws random matrices. Seeding after it keeps
+    # the init and dropout streams the same whether or not a run came earlier in the process.
     peak = measured_peak_flops(device.type, compute_dtype)
+    set_seed(cfg.seed)
+    model = GPT(gpt_cfg)
     flops_per_token = model.flops_per_token()
     if verbose:
         print(
@@ -356,6 +408,11 @@ def run_pretrain(
             flush=True,
         )
     t = cfg.train
+    checkpoint = ModelCheckpoint(
+        run_dir / "checkpoints", monitor="val_loss", every_n_steps=t.checkpoint_every
+    )
+    if best_val_loss is not None:  # resumed: best/ holds this value, beat it to replace it
+        checkpoint.tracker.best = best_val_loss
     trainer = Trainer(
         model,
         loss=SparseCategoricalCrossentropy(from_logits=True),
@@ -372,11 +429,7 @@ def run_pretrain(
         flops_per_sample=flops_per_token * gpt_cfg.block_size,
         peak_flops=peak,
         report_perplexity=True,
-        callbacks=[
-            ModelCheckpoint(
-                run_dir / "checkpoints", monitor="val_loss", every_n_steps=t.checkpoint_every
-            )
-        ],
+        callbacks=[checkpoint],
     )
     train = RandomWindows(
         index.train, gpt_cfg.block_size, t.batch_size, seed=cfg.seed, device=device
@@ -413,6 +466,36 @@ def run_pretrain(
         print("--- sample ---", flush=True)
     results["sample"] = sample_text(model, tokenizer, cfg.sample, stream=bool(verbose))
     return results
+
+
+def _checkpoint_step(checkpoint: Path) -> int:
+    from groundup.errors import CheckpointError
+    from groundup.train.checkpoint import STATE_FILE
+
+    try:
+        return int(json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))["step"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        raise CheckpointError(
+            f"{checkpoint / STATE_FILE} is corrupted; delete {checkpoint} to start over"
+        ) from None
+
+
+def _rewind_metrics(metrics_file: Path, step: int) -> float | None:
+    """Drop the records an interrupted run wrote after its last checkpoint (`step`), which
+    the resumed run writes again; return the best val_loss kept (what best/ holds)."""
+    if not metrics_file.is_file():
+        return None
+    kept = []
+    for line in metrics_file.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by the interruption
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(record)
+    metrics_file.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    losses = [r["val_loss"] for r in kept if r.get("event") == "eval" and "val_loss" in r]
+    return min(losses) if losses else None
 
 
 def _throughput(metrics_file: Path) -> dict[str, float]:
