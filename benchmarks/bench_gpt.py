@@ -109,7 +109,7 @@ def groundup_run(data_file: Path, shape: dict, batch: int, steps: int, precision
         "seed": 1337,
         "data": {"source": str(data_file), "shards_dir": str(run_dir.parent / "shards-char")},
         "tokenizer": {"kind": "char"},
-        "model": {"flavour": "gpt2", "bias": False, "dropout": 0.0, **shape},
+        "model": {"flavour": "gpt2", "bias": False, "dropout": 0.0, "activation": "gelu", **shape},
         "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.1, "betas": [0.9, 0.99],
                   "schedule": "cosine", "warmup_steps": min(100, steps // 10), "min_lr_ratio": 0.1},
         "train": {"max_steps": steps, "batch_size": batch, "eval_every": eval_every,

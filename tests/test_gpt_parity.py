@@ -74,6 +74,7 @@ def ours_from_hf(hf) -> GPT:
     "make",
     [
         pytest.param(lambda: gpt2_hf_config(), id="gpt2"),
+        pytest.param(lambda: gpt2_hf_config(activation_function="gelu"), id="gpt2-exact-gelu"),
         pytest.param(lambda: llama_hf_config(), id="llama-gqa"),
         pytest.param(lambda: llama_hf_config(tie_word_embeddings=True), id="llama-tied"),
         pytest.param(
@@ -132,6 +133,7 @@ def to_hf_model(cfg: GPTConfig, ours: GPT):
         ("gpt2-tiny", {}),
         ("gpt2-tiny", {"bias": False}),  # exported with zero biases
         ("gpt2-tiny", {"tie_embeddings": False}),
+        ("gpt2-tiny", {"activation": "gelu"}),  # exact GELU <-> HF activation_function "gelu"
         ("llama-tiny", {"n_kv_head": 1}),  # multi-query attention
         ("llama-tiny", {}),
         ("llama-tiny", {"tie_embeddings": True, "bias": True, "rope_theta": 123.0}),

@@ -90,7 +90,7 @@ def gpt_config_to_hf(cfg: GPTConfig) -> dict[str, Any]:
             "n_layer": cfg.n_layer,
             "n_head": cfg.n_head,
             "n_inner": cfg.intermediate_size,
-            "activation_function": "gelu_new",
+            "activation_function": "gelu_new" if cfg.activation == "gelu_tanh" else "gelu",
             "resid_pdrop": cfg.dropout,
             "embd_pdrop": cfg.dropout,
             "attn_pdrop": cfg.dropout,
@@ -145,8 +145,11 @@ def _unsupported(field: str, value: Any, why: str) -> ConfigError:
 
 def _gpt2_config_from_hf(d: dict[str, Any]) -> GPTConfig:
     act = d.get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise _unsupported("activation_function", act, "GPT flavour gpt2 uses 'gelu_new'")
+    activations = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+    if act not in activations:
+        raise _unsupported(
+            "activation_function", act, f"GPT flavour gpt2 supports {', '.join(activations)}"
+        )
     if d.get("scale_attn_by_inverse_layer_idx", False):
         raise _unsupported("scale_attn_by_inverse_layer_idx", True, "set it to false")
     if not d.get("scale_attn_weights", True):
@@ -167,6 +170,7 @@ def _gpt2_config_from_hf(d: dict[str, Any]) -> GPTConfig:
         norm_eps=float(d.get("layer_norm_epsilon", 1e-5)),
         tie_embeddings=bool(d.get("tie_word_embeddings", True)),
         init_std=float(d.get("initializer_range", 0.02)),
+        activation=activations[act],
     )
 
 

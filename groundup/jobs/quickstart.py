@@ -53,6 +53,7 @@ _PYDOCS_QUICK = {
         "n_head": 4,
         "n_embd": 256,
         "block_size": 128,
+        "activation": "gelu",
         "dropout": 0.1,
     },
     "optim": {
