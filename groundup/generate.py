@@ -81,6 +81,7 @@ def generate(
     seed: int | None = None,
     use_cache: bool = True,
     on_token: Callable[[Tensor], Any] | None = None,
+    vocab_limit: int | None = None,
 ) -> Tensor:
     """Append up to max_new_tokens sampled tokens to the prompt idx (B, T) or (T,).
 
@@ -89,6 +90,8 @@ def generate(
     token is included). `seed` makes sampling reproducible through its own torch.Generator,
     leaving the global RNG alone. `on_token(ids)` gets each step's new ids (B,) for streaming.
     The model runs in eval mode under no_grad; its previous mode is restored afterwards.
+    `vocab_limit` samples only ids below it: a model whose embedding is padded past its
+    tokenizer (to a multiple of 64) must never emit a padding id, which has no text.
     """
     _check_options(max_new_tokens, temperature, top_k, top_p)
     cfg = model.config
@@ -134,7 +137,8 @@ def generate(
                     logits = model(pending, kv_cache=cache)
                 else:
                     logits = model(out[:, -block:])
-                next_ids = sample_logits(logits[:, -1, :], temperature, top_k, top_p, generator)
+                last = logits[:, -1, :vocab_limit]  # (B, V)
+                next_ids = sample_logits(last, temperature, top_k, top_p, generator)
                 if eos_id is not None:
                     next_ids = next_ids.masked_fill(finished, eos_id)
                     finished |= next_ids == eos_id

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Iterable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from groundup.errors import ConfigError
 
@@ -26,3 +27,16 @@ def lookup(registry: Mapping[str, T], name: str, kind: str) -> T:
         return registry[key]
     valid = ", ".join(sorted(registry))
     raise ConfigError(f"unknown {kind} '{name}'{did_you_mean(key, registry)}; valid names: {valid}")
+
+
+def construct(cls: type[T], kwargs: dict[str, Any], what: str) -> T:
+    """`cls(**kwargs)`, with unknown keyword names reported as a ConfigError listing the valid ones."""
+    params = inspect.signature(cls).parameters.values()
+    valid = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"unknown argument(s) {', '.join(unknown)} for {what}"
+            f"{did_you_mean(unknown[0], valid)}; valid arguments: {', '.join(valid) or 'none'}"
+        )
+    return cls(**kwargs)

@@ -212,3 +212,14 @@ def test_generate_under_bf16_autocast(name):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = generate(model, prompt(2, 3), 5, seed=0)
     assert out.shape == (2, 8) and out.dtype == torch.long
+
+
+def test_vocab_limit_never_samples_padding_ids():
+    """A model padded past its tokenizer's vocabulary must not emit the padding ids."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=64, init_std=0.5))
+    prompt = torch.zeros(3, 2, dtype=torch.long)
+    free = generate(model, prompt, 40, temperature=2.0, seed=0)
+    assert (free >= 10).any()  # unconstrained sampling does reach ids >= 10
+    limited = generate(model, prompt, 40, temperature=2.0, seed=0, vocab_limit=10)
+    assert limited[:, 2:].max() < 10

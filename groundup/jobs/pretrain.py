@@ -256,35 +256,12 @@ def load_model_dir(path: str | Path, device: str = "cpu"):
     return model.to(device), tokenizer
 
 
-class _TokenizerLogits(torch.nn.Module):
-    """A GPT whose logits stop at the tokenizer's vocabulary, for sampling.
-
-    A BPE vocabulary is padded to a multiple of 64 in the model: those rows never occur in
-    training yet keep some probability, and a sampled padding id has no text to decode.
-    """
-
-    def __init__(self, model: torch.nn.Module, vocab_size: int) -> None:
-        super().__init__()
-        self.model = model
-        self.vocab_size = vocab_size
-        self.config = model.config
-        self.train(model.training)  # generate() restores the wrapper's mode, hence the model's
-
-    def forward(self, idx: torch.Tensor, kv_cache=None) -> torch.Tensor:
-        return self.model(idx, kv_cache=kv_cache)[..., : self.vocab_size]  # (B, T, V_tokenizer)
-
-    def new_kv_cache(self, max_len: int):
-        return self.model.new_kv_cache(max_len)
-
-
 def sample_text(model, tokenizer, sample: SampleConfig, stream: bool = False) -> str:
     """Generate a continuation of `sample.prompt`; with `stream`, print it as it comes."""
     import sys
 
     from groundup.generate import generate
 
-    if tokenizer.vocab_size < model.config.vocab_size:
-        model = _TokenizerLogits(model, tokenizer.vocab_size)
     device = next(model.parameters()).device
     ids = tokenizer.encode(sample.prompt) or [tokenizer.eot_id]
     idx = torch.tensor([ids], dtype=torch.long, device=device)
@@ -313,6 +290,7 @@ def sample_text(model, tokenizer, sample: SampleConfig, stream: bool = False) ->
         eos_id=tokenizer.eot_id,
         seed=sample.seed,
         on_token=on_token if stream else None,
+        vocab_limit=tokenizer.vocab_size,
     )
     if stream:
         sys.stdout.write("\n")

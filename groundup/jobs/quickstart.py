@@ -54,7 +54,7 @@ _PYDOCS_QUICK = {
         "n_embd": 256,
         "block_size": 128,
         "activation": "gelu",
-        "dropout": 0.1,
+        "dropout": 0.2,
     },
     "optim": {
         "name": "adamw",
@@ -66,9 +66,9 @@ _PYDOCS_QUICK = {
         "min_lr_ratio": 0.1,
     },
     "train": {
-        "max_steps": 600,
+        "max_steps": 500,
         "batch_size": 16,
-        "eval_every": 200,
+        "eval_every": 250,
         "eval_batches": 10,
         "log_every": 50,
     },

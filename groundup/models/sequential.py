@@ -168,6 +168,8 @@ class Sequential(nn.Module):
             x_t = x_t.float()
         if self.input_shape is None:
             self.build(tuple(x_t.shape[1:]))
+            if self.trainer is not None:  # compiled before it was built: follow its device
+                self.to(self.trainer.device)
         elif tuple(x_t.shape[1:]) != self.input_shape:
             raise ShapeError(
                 f"the model expects samples of shape {self.input_shape}, got {tuple(x_t.shape[1:])}"

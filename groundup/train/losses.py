@@ -12,7 +12,6 @@ the mean still divides by the unweighted count (Keras "sum_over_batch_size").
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from groundup.errors import ConfigError, ShapeError
-from groundup.registry import did_you_mean, lookup
+from groundup.registry import construct, lookup
 
 # Keras' backend epsilon: probabilities are clamped to [EPSILON, 1 - EPSILON] before a log.
 EPSILON = 1e-7
@@ -468,19 +467,6 @@ LOSSES: dict[str, type[Loss]] = {
 }
 
 
-def _construct(cls: type, kwargs: dict[str, Any], what: str) -> Any:
-    """cls(**kwargs), with unknown keyword names reported as a ConfigError."""
-    params = inspect.signature(cls).parameters.values()
-    valid = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    unknown = sorted(set(kwargs) - set(valid))
-    if unknown:
-        raise ConfigError(
-            f"unknown argument(s) {', '.join(unknown)} for {what}"
-            f"{did_you_mean(unknown[0], valid)}; valid arguments: {', '.join(valid) or 'none'}"
-        )
-    return cls(**kwargs)
-
-
 def get_loss(
     spec: str | Loss | type[Loss] | Callable[[Tensor, Tensor], Tensor], **kwargs: Any
 ) -> Loss:
@@ -494,10 +480,10 @@ def get_loss(
             )
         return spec
     if isinstance(spec, str):
-        return _construct(lookup(LOSSES, spec, "loss"), kwargs, f"loss '{spec}'")
+        return construct(lookup(LOSSES, spec, "loss"), kwargs, f"loss '{spec}'")
     if isinstance(spec, type):
         if issubclass(spec, Loss):
-            return _construct(spec, kwargs, f"loss {spec.__name__}")
+            return construct(spec, kwargs, f"loss {spec.__name__}")
         raise ConfigError(
             f"loss {spec.__name__} is a class; pass an instance, e.g. {spec.__name__}()"
         )

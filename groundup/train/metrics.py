@@ -10,7 +10,6 @@ on the host stay Python ints: building a device tensor from a Python number woul
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from groundup.errors import ConfigError, ShapeError
-from groundup.registry import did_you_mean, lookup
+from groundup.registry import construct, did_you_mean, lookup
 
 
 def _shape(t: Tensor) -> str:
@@ -457,19 +456,6 @@ METRICS: dict[str, type[Metric]] = {
 }
 
 
-def _construct(cls: type, kwargs: dict[str, Any], what: str) -> Any:
-    """cls(**kwargs), with unknown keyword names reported as a ConfigError."""
-    params = inspect.signature(cls).parameters.values()
-    valid = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    unknown = sorted(set(kwargs) - set(valid))
-    if unknown:
-        raise ConfigError(
-            f"unknown argument(s) {', '.join(unknown)} for {what}"
-            f"{did_you_mean(unknown[0], valid)}; valid arguments: {', '.join(valid) or 'none'}"
-        )
-    return cls(**kwargs)
-
-
 def get_metric(
     spec: str | Metric | type[Metric] | Callable[[Tensor, Tensor], Any], **kwargs: Any
 ) -> Metric:
@@ -486,15 +472,15 @@ def get_metric(
     if isinstance(spec, str):
         cls = lookup(METRICS, spec, "metric")
         kwargs.setdefault("name", spec.lower())
-        return _construct(cls, kwargs, f"metric '{spec}'")
+        return construct(cls, kwargs, f"metric '{spec}'")
     if isinstance(spec, type):
         if issubclass(spec, Metric):
-            return _construct(spec, kwargs, f"metric {spec.__name__}")
+            return construct(spec, kwargs, f"metric {spec.__name__}")
         raise ConfigError(
             f"metric {spec.__name__} is a class; pass an instance, e.g. {spec.__name__}()"
         )
     if callable(spec):
-        return _construct(FunctionMetric, {"fn": spec, **kwargs}, "a callable metric")
+        return construct(FunctionMetric, {"fn": spec, **kwargs}, "a callable metric")
     raise ConfigError(
         "metric must be a name (e.g. 'accuracy'), a groundup Metric or a callable "
         f"f(outputs, targets), got {type(spec).__name__}"
