@@ -24,8 +24,9 @@ class RandomTokens:
     def __iter__(self):
         g = torch.Generator(device=self.device).manual_seed(0)
         while True:
-            t = torch.randint(0, self.vocab, (self.batch, self.block + 1), device=self.device,
-                              generator=g)
+            t = torch.randint(
+                0, self.vocab, (self.batch, self.block + 1), device=self.device, generator=g
+            )
             yield t[:, :-1], t[:, 1:]
 
 
@@ -45,8 +46,10 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     device = torch.device("cuda")
     peak = measured_peak_flops("cuda", torch.bfloat16)
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}: measured bf16 matmul "
-          f"{peak / 1e12:.0f} TFLOP/s")
+    print(
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}: measured bf16 matmul "
+        f"{peak / 1e12:.0f} TFLOP/s"
+    )
 
     cfg = gu.GPTConfig.from_name("gpt2-124m")
     model = gu.GPT(cfg)
@@ -87,11 +90,13 @@ def main() -> None:
     tokens = args.steps * args.batch * cfg.block_size
     tps = tokens / clock.elapsed
     mfu = tps * flops_per_token / peak
-    print(f"gpt2-124m, batch {args.batch} x {cfg.block_size}, bf16, "
-          f"compile={not args.no_compile}: {tps:,.0f} tokens/s, "
-          f"{1000 * clock.elapsed / args.steps:.1f} ms/step, MFU {mfu:.1%} of measured bf16 peak "
-          f"(total wall time {time.perf_counter() - started:.0f} s, "
-          f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB)")
+    print(
+        f"gpt2-124m, batch {args.batch} x {cfg.block_size}, bf16, "
+        f"compile={not args.no_compile}: {tps:,.0f} tokens/s, "
+        f"{1000 * clock.elapsed / args.steps:.1f} ms/step, MFU {mfu:.1%} of measured bf16 peak "
+        f"(total wall time {time.perf_counter() - started:.0f} s, "
+        f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB)"
+    )
 
 
 if __name__ == "__main__":

@@ -394,7 +394,7 @@ def test_shipped_configs_load_and_build_their_model() -> None:
     assert pydocs.data.source == "pydocs" and pydocs.tokenizer.kind == "bpe"
     gpt = build_gpt_config(pydocs.model, pydocs.tokenizer.vocab_size)
     assert (gpt.n_layer, gpt.n_head, gpt.n_embd, gpt.block_size) == (4, 4, 256, 128)
-    assert gpt.vocab_size == 4096 and gpt.dropout == 0.1
+    assert gpt.vocab_size == 4096 and gpt.dropout == 0.2
 
     # the corpus is not shipped: only the config and the model it describes
     shakespeare = load_config(PretrainConfig, CONFIGS / "pretrain-shakespeare-char.yaml")
