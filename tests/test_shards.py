@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -391,3 +392,14 @@ def test_windows_errors() -> None:
         RandomWindows(np.arange(20), block_size=0, batch_size=2)
     with pytest.raises(DataError, match="1-D"):
         RandomWindows(np.zeros((4, 4)), block_size=2, batch_size=2)
+
+
+def test_builtin_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
+    """`source: pydocs` means the builtin corpus even where ./pydocs is a run directory."""
+    from groundup.data.corpus import Corpus
+
+    (tmp_path / "pydocs").mkdir()
+    (tmp_path / "pydocs" / "metrics.jsonl").write_text('{"step": 1}\n')
+    monkeypatch.chdir(tmp_path)
+    assert Corpus("pydocs").files is None
+    assert Corpus("./pydocs").files == [Path("pydocs") / "metrics.jsonl"]

@@ -44,7 +44,8 @@ class Corpus:
     source: a .txt/.md file (the whole file is one document), a .jsonl file (one document
     per line, from `text_field`), a .parquet file (the `text_field` column), a folder
     (its files of those types, recursively, sorted by path; hidden ones skipped), or a
-    builtin name ("pydocs"). Whitespace-only documents are dropped. bad_rows="error"
+    builtin name ("pydocs"; a local folder of that name is "./pydocs"). Whitespace-only
+    documents are dropped. bad_rows="error"
     raises DataError on a bad JSONL line or missing value; "skip" counts it in `skipped`.
     After an iteration, `documents`, `skipped` and `chars` hold what that pass read.
     """
@@ -69,7 +70,9 @@ class Corpus:
         """The files to read (None for a builtin corpus)."""
         name = str(self.source)
         path = Path(self.source)
-        if name.lower() in BUILTIN_CORPORA and not path.exists():
+        if name.lower() in BUILTIN_CORPORA:
+            # A bare builtin name always means the builtin, even if the working directory holds
+            # a folder of that name (a run directory, say); reach such a folder as ./pydocs.
             return None
         if not path.exists():
             raise MissingFileError(
