@@ -144,9 +144,10 @@ def test_bad_input_messages() -> None:
         model.compile(optimizer="adam", loss="sparse_crossentropy")
     with pytest.raises(ConfigError, match="unknown metric 'acuracy'.*did you mean"):
         model.compile(optimizer="adam", loss="mse", metrics=["acuracy"])
-    model.compile(optimizer="adamx", loss="mse")
     with pytest.raises(ConfigError, match="unknown optimizer 'adamx'.*valid names"):
-        model.fit(np.ones((4, 4)), np.zeros((4, 10)))
+        model.compile(optimizer="adamx", loss="mse")  # caught at compile, before any data
+    with pytest.raises(ConfigError, match="lr"):
+        model.compile(optimizer="adam", loss="mse", lr=-1.0)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     with pytest.raises(ConfigError, match="validation_split"):
         model.fit(np.ones((4, 4)), np.zeros(4), validation_split=1.5)

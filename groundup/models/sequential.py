@@ -30,6 +30,7 @@ from groundup.train.callbacks import Callback
 from groundup.train.checkpoint import load_weights, save_weights
 from groundup.train.history import History
 from groundup.train.losses import SparseCategoricalCrossentropy, get_loss
+from groundup.train.optim import OptimizerSpec, optimizer_spec
 from groundup.train.trainer import Trainer
 
 ARCHITECTURE_FILE = "architecture.json"
@@ -114,6 +115,9 @@ class Sequential(nn.Module):
         if len(self.layers) == 0:
             raise ConfigError("the model has no layers; add layers before compile")
         loss_fn = get_loss(loss)
+        if not isinstance(optimizer, torch.optim.Optimizer):  # a bad name fails here, not at fit
+            optimizer = optimizer_spec(optimizer, **({"lr": lr} if lr is not None else {}))
+            lr = None
         forward, transform = None, None
         expects = getattr(loss_fn, "expects_activation", None)
         if (
@@ -126,7 +130,7 @@ class Sequential(nn.Module):
             forward = self.forward_logits
             transform = get_activation(expects)
         self._compile_args = {
-            "optimizer": optimizer if isinstance(optimizer, (str, dict)) else None,
+            "optimizer": optimizer.to_dict() if isinstance(optimizer, OptimizerSpec) else None,
             "loss": loss if isinstance(loss, str) else None,
             "metrics": [m for m in (metrics or []) if isinstance(m, str)],
         }
