@@ -160,6 +160,12 @@ class Corpus:
                 except json.JSONDecodeError as e:
                     self._bad(f"{path}:{lineno}: invalid JSON ({e.msg})")
                     continue
+                except ValueError:  # Trap: json raises plain ValueError past 4300 digits
+                    self._bad(f"{path}:{lineno}: a number has more than 4300 digits")
+                    continue
+                except RecursionError:
+                    self._bad(f"{path}:{lineno}: JSON nested too deeply")
+                    continue
                 if not isinstance(row, dict) or field not in row:
                     keys = ", ".join(map(str, row)) if isinstance(row, dict) else "not an object"
                     self._bad(f"{path}:{lineno}: no {field!r} field (keys: {keys})")

@@ -74,7 +74,7 @@ class TabularDataConfig:
         for key, (value, valid) in choices.items():
             if value not in valid:
                 raise ConfigError(
-                    f"data.{key} '{value}' is not valid{did_you_mean(str(value), valid)}; "
+                    f"data.{key} {value!r} is not valid{did_you_mean(str(value), valid)}; "
                     f"choose one of: {', '.join(valid)}"
                 )
         for key in ("test_size", "val_size"):

@@ -16,6 +16,7 @@ import csv
 import gzip
 import io
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +100,7 @@ def check_columns(available: Sequence[str], names: Sequence[str], what: str = "c
     for name in names:
         if name not in available:
             raise DataError(
-                f"{what} '{name}' not found{did_you_mean(name, available)}; "
+                f"{what} {name!r} not found{did_you_mean(str(name), available)}; "
                 f"available columns: {', '.join(available)}"
             )
 
@@ -157,6 +158,8 @@ def load_table(
     if delimiter is not None and len(delimiter) != 1:
         raise ConfigError(f"delimiter must be one character, got {delimiter!r}")
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; give a data file ({_SUPPORTED}) inside it")
     if not path.is_file():
         raise MissingFileError(f"data file not found: {path}; check the path")
     suffixes = [s.lower() for s in path.suffixes[-2:]]
@@ -220,7 +223,12 @@ def _load_delimited(
         raise DataError(f"{path} is not UTF-8 text ({e.reason}); save it as UTF-8 CSV") from e
     except csv.Error as e:
         raise DataError(f"{path} is not valid CSV: {e}") from e
-    names = [h.strip() or f"unnamed_{i}" for i, h in enumerate(header)]
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # EOFError: a .gz cut short
+        raise DataError(f"cannot read {path}: {e}; the file is damaged, compress it again") from e
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}; check the file") from e
+    # A quoted header may span lines ("price\n(USD)"): one line per name keeps messages whole.
+    names = [" ".join(h.strip().splitlines()) or f"unnamed_{i}" for i, h in enumerate(header)]
     seen: set[str] = set()
     for name in names:
         if name in seen:
@@ -317,12 +325,25 @@ def _load_parquet(path: Path, columns: Sequence[str] | None) -> Table:
 
 
 def _load_numpy(path: Path) -> Table:
+    npz = path.suffix.lower() == ".npz"
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    # Trap: np.load reads any file that is not .npy/.npz as a pickle, so garbage bytes get
+    # "contains pickled (object) data": check the magic bytes to name the real problem.
+    saver = "numpy.savez" if npz else "numpy.save"
+    if magic[: 2 if npz else 6] != (b"PK" if npz else b"\x93NUMPY"):
+        raise DataError(f"{path} is not a NumPy {path.suffix} file; write it with {saver}")
     try:
         loaded = np.load(path, allow_pickle=False)
-        arrays = dict(loaded.items()) if path.suffix.lower() == ".npz" else {"x": loaded}
+        arrays = dict(loaded.items()) if npz else {"x": loaded}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(
             f"cannot read {path}: {e}; save plain numeric or string arrays (no Python objects)"
+        ) from e
+    except Exception as e:  # numpy's header parser raises SyntaxError, TokenError, ...
+        raise DataError(
+            f"cannot read {path}: its NumPy header is damaged ({type(e).__name__}); "
+            f"write it again with {saver}"
         ) from e
     cols: dict[str, np.ndarray] = {}
     for name, arr in arrays.items():
@@ -633,7 +654,8 @@ def infer_task(y: np.ndarray) -> str:
     if y.dtype.kind != "f":
         return "classification"
     present = y[~np.isnan(y)]
-    integer = bool(np.all(np.mod(present, 1) == 0))
+    # inf is no class label (and np.mod(inf, 1) warns): such a target reads as regression
+    integer = bool(np.all(np.isfinite(present)) and np.all(np.mod(present, 1) == 0))
     if integer and len(np.unique(present)) <= MAX_AUTO_CLASSES:
         return "classification"
     return "regression"
