@@ -2,7 +2,8 @@
 
 Every command takes a YAML config and dotted overrides (`optim.lr=3e-4`). User mistakes
 (`GroundupError`) print one line and exit with code 2; anything else is a bug and keeps its
-traceback (exit code 1).
+traceback (exit code 1). SIGINT/SIGTERM during training save a checkpoint and exit with 130/143
+and the command that resumes.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from groundup.errors import GroundupError
+from groundup.errors import GroundupError, TrainingInterrupted
 
 
 def _train(args: argparse.Namespace) -> None:
     from groundup.jobs.train import run_train
 
-    run_train(args.config, args.overrides, overwrite=args.overwrite)
+    run_train(args.config, args.overrides, overwrite=args.overwrite, resume=args.resume)
 
 
 def _quickstart(args: argparse.Namespace) -> None:
@@ -74,7 +75,9 @@ def _add_tokenizer_args(parser: argparse.ArgumentParser) -> None:
 def _add_pretrain_args(parser: argparse.ArgumentParser) -> None:
     _add_config_args(parser)
     parser.add_argument(
-        "--resume", action="store_true", help="continue from <run_dir>/checkpoints/last"
+        "--resume",
+        action="store_true",
+        help="continue from the newest complete checkpoint in <run_dir>/checkpoints",
     )
 
 
@@ -104,7 +107,7 @@ def _add_config_only(parser: argparse.ArgumentParser) -> None:
 
 # name -> (help, add_arguments, run); checked at import like every registry
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {
-    "train": ("train a tabular/image model from a YAML config", _add_config_args, _train),
+    "train": ("train a tabular/image model from a YAML config", _add_pretrain_args, _train),
     "tokenizer": (
         "train a tokenizer (BPE, char, bytes) on a corpus",
         _add_tokenizer_args,
@@ -151,8 +154,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         args.handler(args)
+    except TrainingInterrupted as exc:
+        resume = f"groundup {args.command} {getattr(args, 'config', '')} --resume".replace(
+            "  ", " "
+        )
+        print(f"{exc}; resume with: {resume}", file=sys.stderr)
+        return exc.exit_code
     except GroundupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # one line, whatever a user-supplied name inside the message contains
+        print("error: " + " ".join(str(exc).splitlines()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -39,3 +39,22 @@ class TokenizerError(GroundupError, ValueError):
 
 class DependencyError(GroundupError, ImportError):
     """An optional dependency is needed for this feature and is not installed."""
+
+
+class TrainingError(GroundupError):
+    """Training cannot go on: a non-finite loss or gradient norm (see `Trainer(nan_policy=...)`)."""
+
+
+class TrainingInterrupted(GroundupError):
+    """SIGINT/SIGTERM stopped training at a step boundary; a checkpoint was saved (if a run_dir).
+
+    The CLI turns it into one line and exit code 130 (SIGINT) or 143 (SIGTERM).
+    """
+
+    def __init__(self, step: int, checkpoint: object, signum: int) -> None:
+        self.step = step
+        self.checkpoint = checkpoint  # a Path, or None without a run directory
+        self.signum = signum
+        self.exit_code = 128 + int(signum)
+        where = f"checkpoint saved in {checkpoint}" if checkpoint else "no checkpoint (no run_dir)"
+        super().__init__(f"interrupted at step {step}; {where}")

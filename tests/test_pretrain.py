@@ -18,6 +18,7 @@ import yaml
 from safetensors.torch import load_file
 
 from groundup.cli import main
+from groundup.train.checkpoint import find_latest
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -113,8 +114,7 @@ def test_pretrain_end_to_end(trained_run) -> None:
         "metrics.jsonl",
         "results.json",
         "tokenizer.json",
-        "checkpoints/last/model.safetensors",
-        "checkpoints/last/state.json",
+        "checkpoints/latest",
         "checkpoints/best/model.safetensors",
         "checkpoints/best/state.json",
         "model/model.safetensors",
@@ -148,10 +148,11 @@ def test_pretrain_end_to_end(trained_run) -> None:
     assert results["tokens_per_s"] > 0 and results["mfu"] > 0
     # the saved model folder holds the final weights, the checkpoint the step-40 ones
     final = load_file(str(run / "model" / "model.safetensors"))
-    last = load_file(str(run / "checkpoints" / "last" / "model.safetensors"))
+    newest = find_latest(run / "checkpoints")
+    last = load_file(str(newest / "model.safetensors"))
     assert final.keys() == last.keys()
     assert all(torch.equal(final[k], last[k]) for k in final)
-    assert json.loads((run / "checkpoints" / "last" / "state.json").read_text())["step"] == 40
+    assert json.loads((newest / "state.json").read_text())["step"] == 40
 
 
 # ---------------------------------------------------------------- generate
@@ -288,10 +289,11 @@ def test_resume_continues_exactly(tmp_path, monkeypatch, capsys) -> None:
     assert main(["pretrain", str(config_a)]) == 0
 
     with monkeypatch.context() as m:
-        interrupt_at(m, 23)  # checkpoint_every=10: checkpoints/last holds step 20
+        interrupt_at(m, 23)  # checkpoint_every=10: the newest checkpoint holds step 20
         assert main(["pretrain", str(config_b)]) == 130
     assert "interrupted" in capsys.readouterr().err
-    state = json.loads((tmp_path / "b" / "checkpoints" / "last" / "state.json").read_text())
+    newest = find_latest(tmp_path / "b" / "checkpoints")
+    state = json.loads((newest / "state.json").read_text())
     assert state["step"] == 20
     assert [r["step"] for r in read_metrics(tmp_path / "b") if r["event"] == "train"][-1] == 23
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import torch
 
-from groundup.config import check, from_dict, load_config, to_dict
+from groundup.config import check, from_dict, load_config
 from groundup.errors import ConfigError, MissingFileError
 from groundup.jobs.train import OptimConfig
 
@@ -63,6 +63,8 @@ class PretrainLoopConfig:
     eval_batches: int | None = 20  # null: the whole validation split
     log_every: int = 10
     checkpoint_every: int | None = None
+    keep_last: int | None = 3  # step checkpoints kept besides best/ (null: all)
+    nan_policy: Literal["stop", "skip", "rollback"] = "stop"  # on a non-finite loss/grad norm
     clip_grad_norm: float | None = 1.0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"
@@ -104,6 +106,8 @@ class PretrainConfig:
 
     run_dir: str = "runs/pretrain"
     seed: int = 1337
+    # auto: continue from the newest complete checkpoint when there is one (like --resume)
+    resume: Literal["never", "auto"] = "never"
     data: TextDataConfig = field(default_factory=TextDataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     # a preset name and/or GPT fields (n_layer, n_head, n_embd, block_size, flavour, ...);
@@ -248,6 +252,12 @@ def load_model_dir(path: str | Path, device: str = "cpu"):
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{config_file} is not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{config_file} is not UTF-8 text; re-save the model") from None
+    if not isinstance(config, dict):
+        raise ConfigError(
+            f"{config_file} must hold a JSON object of GPT settings; re-save the model"
+        )
     config.pop("model_type", None)
     model = GPT(GPTConfig.from_dict(config))
     load_weights(model, path / "model.safetensors")
@@ -338,7 +348,12 @@ def run_pretrain(
 ) -> dict[str, Any]:
     """`groundup pretrain CONFIG`: train a GPT from scratch; returns headline results."""
     from groundup.data.windows import RandomWindows, SequentialWindows
-    from groundup.jobs.run_dir import prepare_run_dir
+    from groundup.jobs.run_dir import (
+        checkpoint_config,
+        prepare_run_dir,
+        resume_point,
+        wants_resume,
+    )
     from groundup.models.gpt import GPT
     from groundup.seed import set_seed
     from groundup.train.callbacks import ModelCheckpoint
@@ -348,16 +363,11 @@ def run_pretrain(
 
     cfg = config if config is not None else load_config(PretrainConfig, config_path, overrides)
     run_dir = Path(cfg.run_dir)
-    last = run_dir / "checkpoints" / "last"
-    if resume:
-        if not (last / "state.json").is_file():
-            raise ConfigError(f"nothing to resume: {last} holds no checkpoint; drop --resume")
-        saved = run_dir / "config.yaml"
-        from groundup.config import load_yaml
-
-        if load_yaml(saved) != to_dict(cfg):
-            raise ConfigError(f"--resume needs the config the run started with ({saved})")
-        best_val_loss = _rewind_metrics(run_dir / "metrics.jsonl", _checkpoint_step(last))
+    last: Path | None = None
+    if wants_resume(
+        run_dir, cfg, resume
+    ):  # the newest complete checkpoint; a changed config is refused, fields named
+        last, best_val_loss = resume_point(run_dir, cfg)
     else:
         prepare_run_dir(run_dir, cfg, overwrite=overwrite)
         best_val_loss = None
@@ -408,6 +418,9 @@ def run_pretrain(
         peak_flops=peak,
         report_perplexity=True,
         callbacks=[checkpoint],
+        nan_policy=t.nan_policy,
+        keep_last=t.keep_last,
+        config=checkpoint_config(cfg),
     )
     train = RandomWindows(
         index.train, gpt_cfg.block_size, t.batch_size, seed=cfg.seed, device=device
@@ -420,7 +433,7 @@ def run_pretrain(
         val,
         max_steps=t.max_steps,
         eval_every=t.eval_every,
-        resume_from=last if resume else None,
+        resume_from=last,
     )
     model_dir = save_model_dir(run_dir / "model", model, tokenizer)
     final = trainer.evaluate(
@@ -444,36 +457,6 @@ def run_pretrain(
         print("--- sample ---", flush=True)
     results["sample"] = sample_text(model, tokenizer, cfg.sample, stream=bool(verbose))
     return results
-
-
-def _checkpoint_step(checkpoint: Path) -> int:
-    from groundup.errors import CheckpointError
-    from groundup.train.checkpoint import STATE_FILE
-
-    try:
-        return int(json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))["step"])
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
-        raise CheckpointError(
-            f"{checkpoint / STATE_FILE} is corrupted; delete {checkpoint} to start over"
-        ) from None
-
-
-def _rewind_metrics(metrics_file: Path, step: int) -> float | None:
-    """Drop the records an interrupted run wrote after its last checkpoint (`step`), which
-    the resumed run writes again; return the best val_loss kept (what best/ holds)."""
-    if not metrics_file.is_file():
-        return None
-    kept = []
-    for line in metrics_file.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by the interruption
-        if isinstance(record, dict) and record.get("step", 0) <= step:
-            kept.append(record)
-    metrics_file.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    losses = [r["val_loss"] for r in kept if r.get("event") == "eval" and "val_loss" in r]
-    return min(losses) if losses else None
 
 
 def _throughput(metrics_file: Path) -> dict[str, float]:

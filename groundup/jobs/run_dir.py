@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import yaml
 
 from groundup.config import save_config, to_dict
-from groundup.errors import ConfigError
+from groundup.errors import CheckpointError, ConfigError
 
 CONFIG_FILE = "config.yaml"
 
@@ -28,11 +29,13 @@ def prepare_run_dir(path: str | Path, config: Any, overwrite: bool = False) -> P
             previous = yaml.safe_load(saved.read_text(encoding="utf-8"))
         except yaml.YAMLError:
             previous = None
-        if previous != to_dict(config):
+        if _comparable(previous) != _comparable(to_dict(config)):
             raise ConfigError(
                 f"{path} already holds a different run; set run_dir to a new folder "
                 "or pass --overwrite to replace it"
             )
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"run_dir {path} is a file, not a folder; choose another run_dir")
     if overwrite and path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -41,3 +44,76 @@ def prepare_run_dir(path: str | Path, config: Any, overwrite: bool = False) -> P
         metrics.unlink()
     save_config(config, saved)
     return path
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The step a checkpoint directory was saved at (from its state.json)."""
+    from groundup.train.checkpoint import STATE_FILE
+
+    try:
+        return int(json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))["step"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        raise CheckpointError(
+            f"{checkpoint / STATE_FILE} is corrupted; delete {checkpoint} to start over"
+        ) from None
+
+
+def rewind_metrics(metrics_file: Path, step: int) -> float | None:
+    """Drop the records an interrupted run wrote after its last checkpoint (`step`), which
+    the resumed run writes again; return the best val_loss kept (what best/ holds)."""
+    if not metrics_file.is_file():
+        return None
+    kept = []
+    for line in metrics_file.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by the interruption
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(record)
+    metrics_file.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    losses = [r["val_loss"] for r in kept if r.get("event") == "eval" and "val_loss" in r]
+    return min(losses) if losses else None
+
+
+def resume_point(path: str | Path, config: Any) -> tuple[Path, float | None]:
+    """For `--resume`: the newest complete checkpoint of the run in `path` and the best
+    val_loss logged up to it; refuses a changed config, naming the differing fields."""
+    from groundup.train.checkpoint import check_config, find_latest
+
+    path = Path(path)
+    folder = path / "checkpoints"
+    latest = find_latest(folder)
+    if latest is None:
+        raise ConfigError(
+            f"nothing to resume: {folder} holds no complete checkpoint; drop --resume"
+        )
+    saved = path / CONFIG_FILE
+    try:
+        previous = yaml.safe_load(saved.read_text(encoding="utf-8")) if saved.is_file() else None
+    except yaml.YAMLError:
+        previous = {}
+    check_config(_comparable(previous), _comparable(to_dict(config)), saved)
+    return latest, rewind_metrics(path / "metrics.jsonl", checkpoint_step(latest))
+
+
+def wants_resume(path: str | Path, config: Any, resume: bool) -> bool:
+    """`--resume`, or `resume: auto` in the config with a complete checkpoint to resume from."""
+    from groundup.train.checkpoint import find_latest
+
+    if resume:
+        return True
+    auto = getattr(config, "resume", "never") == "auto"
+    return auto and find_latest(Path(path) / "checkpoints") is not None
+
+
+def checkpoint_config(config: Any) -> dict[str, Any]:
+    """The config stored in each checkpoint's state.json (and compared on resume)."""
+    return _comparable(to_dict(config))
+
+
+def _comparable(config: Any) -> Any:
+    """`resume` says how to start, not what to train: it may change between runs."""
+    if isinstance(config, dict):
+        return {k: v for k, v in config.items() if k != "resume"}
+    return config

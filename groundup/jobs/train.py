@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from groundup.config import check, load_config
 from groundup.data.prepare import TabularDataConfig, prepare_tabular
 from groundup.errors import ConfigError
-from groundup.jobs.run_dir import prepare_run_dir
+from groundup.jobs.run_dir import checkpoint_config, prepare_run_dir, resume_point, wants_resume
 from groundup.train.callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint
 
 
@@ -82,8 +82,13 @@ class LoopConfig:
     device: str = "auto"
     compile: bool = False
     shuffle: bool = True
+    log_every: int = 50  # steps between train records in metrics.jsonl
+    checkpoint_every: int | None = None  # steps between checkpoints (besides each evaluation)
+    keep_last: int | None = 3  # step checkpoints kept besides best/ (null: all)
+    nan_policy: Literal["stop", "skip", "rollback"] = "stop"  # on a non-finite loss/grad norm
 
     def __post_init__(self) -> None:
+        check(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
         check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
         check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
         check(self.grad_accum >= 1, f"train.grad_accum must be >= 1, got {self.grad_accum}")
@@ -95,6 +100,8 @@ class TrainJobConfig:
 
     run_dir: str = "runs/train"
     seed: int = 0
+    # auto: continue from the newest complete checkpoint when there is one (like --resume)
+    resume: Literal["never", "auto"] = "never"
     data: TabularDataConfig = field(default_factory=TabularDataConfig)
     layers: list[dict] = field(default_factory=list)
     loss: str = "sparse_categorical_crossentropy"
@@ -118,14 +125,25 @@ def run_train(
     overwrite: bool = False,
     config: TrainJobConfig | None = None,
     verbose: int = 1,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Run `groundup train`; returns the test metrics (also written to results.json)."""
+    """Run `groundup train`; returns the test metrics (also written to results.json).
+
+    `resume` continues from the newest complete checkpoint in `<run_dir>/checkpoints`
+    (same config required). Early stopping's patience counter starts afresh on resume."""
     import groundup as gu
     from groundup.models.layers import layer_from_config
     from groundup.seed import set_seed
 
     cfg = config if config is not None else load_config(TrainJobConfig, config_path, overrides)
-    run_dir = prepare_run_dir(cfg.run_dir, cfg, overwrite=overwrite)
+    last: Path | None = None
+    best_val_loss = None
+    resume = wants_resume(cfg.run_dir, cfg, resume)
+    if resume:
+        run_dir = Path(cfg.run_dir)
+        last, best_val_loss = resume_point(run_dir, cfg)
+    else:
+        run_dir = prepare_run_dir(cfg.run_dir, cfg, overwrite=overwrite)
     set_seed(cfg.seed)
     data = prepare_tabular(cfg.data)
     if data.x_val is None or len(data.x_val) == 0:
@@ -152,17 +170,29 @@ def run_train(
         jit_compile=cfg.train.compile,
         run_dir=run_dir,
     )
+    trainer = model.trainer
+    trainer.log_every = cfg.train.log_every
+    trainer.nan_policy = cfg.train.nan_policy
+    trainer.keep_last = cfg.train.keep_last
+    trainer.config = checkpoint_config(cfg)
     if verbose:
         model.summary()
-    callbacks: list[Callback] = [CSVLogger(run_dir / "history.csv")]
+    callbacks: list[Callback] = [CSVLogger(run_dir / "history.csv", append=resume)]
     has_val = data.x_val is not None and len(data.x_val) > 0
     if cfg.early_stopping is not None:
         es = cfg.early_stopping
         callbacks.append(
             EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta, es.restore_best_weights)
         )
-    if cfg.save_best and has_val:
-        callbacks.append(ModelCheckpoint(run_dir / "checkpoints", monitor="val_loss"))
+    if (cfg.save_best and has_val) or cfg.train.checkpoint_every:
+        checkpoint = ModelCheckpoint(
+            run_dir / "checkpoints",
+            monitor="val_loss" if cfg.save_best and has_val else None,
+            every_n_steps=cfg.train.checkpoint_every,
+        )
+        if best_val_loss is not None and checkpoint.tracker is not None:
+            checkpoint.tracker.best = best_val_loss  # resumed: best/ holds this value
+        callbacks.append(checkpoint)
     model.fit(
         data.x_train,
         data.y_train,
@@ -174,6 +204,7 @@ def run_train(
         callbacks=callbacks,
         verbose=verbose,
         seed=cfg.seed,
+        resume_from=last,
     )
     results = {
         "test_" + k: v

@@ -212,11 +212,12 @@ class Sequential(nn.Module):
         sample_weight: Any = None,
         max_steps: int | None = None,
         seed: int = 0,
+        resume_from: str | Path | None = None,
     ) -> History:
         """Train on arrays `x`, `y` (NumPy, tensors or lists). Returns a `History`.
 
         `validation_split` holds out the LAST fraction of the samples (before shuffling),
-        as Keras does.
+        as Keras does. `resume_from` (a checkpoint) continues a run exactly.
         """
         trainer = self._require_trainer()
         if y is None:
@@ -255,7 +256,7 @@ class Sequential(nn.Module):
         trainer.user_callbacks = list(callbacks or [])
         trainer.verbose = 1 if verbose == "auto" else int(verbose)
         trainer.history = History()
-        return trainer.fit(train, val, epochs=epochs, max_steps=max_steps)
+        return trainer.fit(train, val, epochs=epochs, max_steps=max_steps, resume_from=resume_from)
 
     def evaluate(
         self,

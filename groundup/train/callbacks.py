@@ -193,9 +193,11 @@ class EarlyStopping(Callback):
 class ModelCheckpoint(Callback):
     """Save checkpoints into `dirpath` (default: the run directory's `checkpoints/`).
 
-    `last/` is rewritten at every evaluation (and every `every_n_steps` steps when set);
-    `best/` when `monitor` improves. Each is a complete checkpoint (weights, optimizer, RNG,
-    counters), written atomically.
+    A `step-N/` directory is written at every evaluation (and every `every_n_steps` steps when
+    set), the `latest` pointer moves to it, and only the newest `keep_last` are kept (default:
+    the trainer's `keep_last`); `best/` is rewritten when `monitor` improves. Each is a complete
+    checkpoint (weights, optimizer, RNG, counters), written atomically; `find_latest(dirpath)`
+    returns the newest complete one.
     """
 
     def __init__(
@@ -206,12 +208,14 @@ class ModelCheckpoint(Callback):
         save_best: bool = True,
         save_last: bool = True,
         every_n_steps: int | None = None,
+        keep_last: int | None = None,
     ) -> None:
         self.dirpath = Path(dirpath) if dirpath is not None else None
         self.tracker = _Monitor(monitor, mode) if monitor else None
         self.save_best = save_best and monitor is not None
         self.save_last = save_last
         self.every_n_steps = every_n_steps
+        self.keep_last = keep_last
         self.best_path: Path | None = None
         self.last_path: Path | None = None
 
@@ -222,9 +226,12 @@ class ModelCheckpoint(Callback):
             raise ConfigError("ModelCheckpoint needs a dirpath or a Trainer run_dir")
         return trainer.run_dir / "checkpoints"
 
+    def _save_last(self, trainer: Trainer) -> None:
+        self.last_path = trainer.save_step_checkpoint(self._dir(trainer), self.keep_last)
+
     def on_step_end(self, trainer: Trainer, step: int) -> None:
         if self.every_n_steps and step % self.every_n_steps == 0:
-            self.last_path = trainer.save_checkpoint(self._dir(trainer) / "last")
+            self._save_last(trainer)
 
     def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         if self.save_best and self.tracker is not None:
@@ -233,7 +240,7 @@ class ModelCheckpoint(Callback):
                 self.tracker.best = value
                 self.best_path = trainer.save_checkpoint(self._dir(trainer) / "best")
         if self.save_last:
-            self.last_path = trainer.save_checkpoint(self._dir(trainer) / "last")
+            self._save_last(trainer)
 
 
 class LearningRateMonitor(Callback):

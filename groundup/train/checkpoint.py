@@ -6,6 +6,16 @@ A checkpoint is a directory:
   state.json             step/epoch counters, optimizer hyper-parameters, data position, config
 It is written into a temporary sibling directory, fsync'd, then renamed into place, so a
 crash mid-write never leaves a half checkpoint under the final name.
+
+A run keeps a history in its `checkpoints/` folder:
+  step-00000500/  one complete checkpoint per save (the newest `keep_last` are kept)
+  best/           the best one by the monitored metric
+  latest          a text file naming the newest complete step directory, replaced atomically
+                  and updated LAST, so it never names a half-written checkpoint
+`find_latest(dir)` follows `latest` and falls back to the newest complete step directory.
+
+Test hook: `GROUNDUP_TEST_SLOW_SAVE=<seconds>` makes `save_checkpoint` sleep right after the
+weights are written into the temporary directory, so a test can kill a run mid-save.
 """
 
 from __future__ import annotations
@@ -13,7 +23,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +40,8 @@ from groundup.errors import CheckpointError, MissingFileError
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
+LATEST_FILE = "latest"
+STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -184,6 +198,9 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_weights(model, tmp / MODEL_FILE)
+    slow = os.environ.get("GROUNDUP_TEST_SLOW_SAVE")
+    if slow:  # test hook: lets a test kill the process while a checkpoint is half written
+        time.sleep(float(slow))
     payload = dict(state or {})
     extra_tensors, rng_meta = rng_tensors()
     payload["rng"] = rng_meta
@@ -202,6 +219,106 @@ def save_checkpoint(
     if old.exists():
         shutil.rmtree(old)
     return path
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def is_complete(path: Path) -> bool:
+    """A checkpoint directory whose weights and state both made it to disk."""
+    return (path / STATE_FILE).is_file() and (path / MODEL_FILE).is_file()
+
+
+def step_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
+    """Complete `step-N` checkpoints in `directory`, oldest first (temp dirs never match)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for child in directory.iterdir():
+        match = STEP_DIR.match(child.name)
+        if match and child.is_dir() and is_complete(child):
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def find_latest(directory: str | Path) -> Path | None:
+    """The newest complete checkpoint in a `checkpoints/` folder, or None.
+
+    Follows the `latest` pointer; if it is missing or names something incomplete (a crash
+    between the rename and the pointer update, or a hand-deleted folder), falls back to the
+    newest complete `step-N` directory.
+    """
+    directory = Path(directory)
+    pointer = directory / LATEST_FILE
+    if pointer.is_file():
+        try:
+            name = pointer.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            name = ""
+        if name and "/" not in name and is_complete(directory / name):
+            candidates = step_checkpoints(directory)
+            # a newer complete step dir than the pointer can exist if the pointer update was lost
+            if not candidates or STEP_DIR.match(name) is None:
+                return directory / name
+            newest = candidates[-1][1]
+            pointed = int(STEP_DIR.match(name).group(1))
+            return newest if candidates[-1][0] > pointed else directory / name
+    candidates = step_checkpoints(directory)
+    return candidates[-1][1] if candidates else None
+
+
+def write_latest(directory: str | Path, name: str) -> None:
+    """Point `latest` at `name` atomically (temp file, fsync, os.replace)."""
+    directory = Path(directory)
+    tmp = directory / f".{LATEST_FILE}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(name + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, directory / LATEST_FILE)
+    _fsync_dir_only(directory)
+
+
+def save_step_checkpoint(
+    directory: str | Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    state: dict[str, Any] | None = None,
+    keep_last: int | None = 3,
+) -> Path:
+    """Save `directory/step-N` atomically, point `latest` at it, then prune old step dirs.
+
+    Order matters for crash safety: the new checkpoint and the pointer are in place before
+    anything older is deleted. `keep_last=None` keeps every checkpoint.
+    """
+    directory = Path(directory)
+    path = save_checkpoint(directory / step_dir_name(step), model, optimizer, state)
+    write_latest(directory, path.name)
+    if keep_last is not None:
+        prune_checkpoints(directory, keep_last)
+    return path
+
+
+def prune_checkpoints(directory: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` step dirs (never `best/` or what `latest` names),
+    and temp dirs left by crashed saves of other processes."""
+    directory = Path(directory)
+    keep = max(int(keep_last), 1)
+    latest = find_latest(directory)
+    removed = []
+    for _, path in step_checkpoints(directory)[:-keep]:
+        if latest is not None and path.resolve() == latest.resolve():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    for child in directory.iterdir():  # leftovers of a killed save (another pid's temp dir)
+        leftover = re.match(r"^\.step-\d+\.(tmp|old)-(\d+)$", child.name)
+        if leftover and child.is_dir() and int(leftover.group(2)) != os.getpid():
+            shutil.rmtree(child, ignore_errors=True)
+    return removed
 
 
 def load_checkpoint(
@@ -241,6 +358,10 @@ def _fsync_dir(directory: Path) -> None:
         if child.is_file():
             with open(child, "rb") as fh:
                 os.fsync(fh.fileno())
+    _fsync_dir_only(directory)
+
+
+def _fsync_dir_only(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -261,3 +382,32 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot store {type(value).__name__} in state.json")
+
+
+def config_diff(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two nested config dicts differ (`train.max_steps`)."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out: list[str] = []
+        for key in sorted(set(saved) | set(current), key=str):
+            name = f"{prefix}{key}"
+            if key not in saved or key not in current:
+                out.append(name)
+            else:
+                out.extend(config_diff(saved[key], current[key], name + "."))
+        return out
+    if isinstance(saved, (list, tuple)) and isinstance(current, (list, tuple)):
+        saved, current = list(saved), list(current)
+    return [] if saved == current else [prefix.rstrip(".") or "<config>"]
+
+
+def check_config(saved: dict[str, Any] | None, current: dict[str, Any] | None, where: Any) -> None:
+    """Refuse to resume a checkpoint made with another config, naming the differing fields."""
+    if saved is None or current is None:
+        return
+    diff = config_diff(saved, current)
+    if diff:
+        shown = ", ".join(diff[:8]) + (f" and {len(diff) - 8} more" if len(diff) > 8 else "")
+        raise CheckpointError(
+            f"--resume needs the config the run started with ({where}); these fields differ: "
+            f"{shown}; undo those changes or start a new run_dir"
+        )

@@ -8,6 +8,15 @@ exactly the gradients of one batch of k*b, masked tokens included.
 
 The hot loop does no Python work per sample and no device sync per step: losses stay tensors
 until a log line needs them.
+
+Reliability:
+- SIGINT/SIGTERM during `fit` (main thread only) set a flag; at the next step boundary the
+  trainer saves a checkpoint (with a run_dir) and raises `TrainingInterrupted`.
+- `nan_policy` ("stop", "skip", "rollback") handles a non-finite loss or gradient norm. On the
+  CPU the check runs every step (reading a scalar costs nothing there). On CUDA a per-step check
+  would sync the device every step, so "stop"/"rollback" check only at log steps, where the
+  loss is read anyway (detection can lag up to `log_every` steps; rollback then restores the
+  newest checkpoint); "skip" must decide before the optimizer step, so it syncs every step.
 """
 
 from __future__ import annotations
@@ -16,6 +25,8 @@ import contextlib
 import copy
 import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -24,10 +35,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from groundup.errors import ConfigError
+from groundup.errors import ConfigError, TrainingError, TrainingInterrupted
 from groundup.train.batches import Batch
 from groundup.train.callbacks import Callback, CallbackList, ProgressBar
-from groundup.train.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from groundup.train.checkpoint import (
+    check_config,
+    find_latest,
+    load_checkpoint,
+    save_checkpoint,
+    save_step_checkpoint,
+    unwrap,
+)
 from groundup.train.history import History
 from groundup.train.losses import Loss, get_loss
 from groundup.train.metrics import Metric, get_metric
@@ -35,6 +53,10 @@ from groundup.train.optim import build_optimizer
 from groundup.train.schedules import ConstantSchedule, Schedule, build_schedule
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+NAN_POLICIES = ("stop", "skip", "rollback")
+NAN_HINT = (
+    "lower the learning rate, enable clip_grad_norm (e.g. 1.0), or check the data for NaN/inf"
+)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -88,6 +110,12 @@ class Trainer:
 
         trainer = gu.Trainer(model, loss="mse", optimizer="adamw", lr=1e-3)
         history = trainer.fit(gu.TensorBatches(x, y, batch_size=64), epochs=10)
+
+    Reliability options: `nan_policy` ("stop": save and raise `TrainingError`; "skip": drop
+    the update, counted in `skipped_steps`; "rollback": reload the newest checkpoint of
+    `run_dir` and go on with the next batch), `keep_last` (step checkpoints kept in
+    `<run_dir>/checkpoints`), `config` (the job's resolved config, stored in each checkpoint
+    and compared on resume).
     """
 
     def __init__(
@@ -115,6 +143,9 @@ class Trainer:
         flops_per_sample: float | None = None,
         peak_flops: float | None = None,
         report_perplexity: bool = False,
+        nan_policy: str = "stop",
+        keep_last: int | None = 3,
+        config: dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError(f"Trainer needs a torch.nn.Module, got {type(model).__name__}")
@@ -126,6 +157,12 @@ class Trainer:
             )
         if log_every < 1:
             raise ConfigError(f"log_every must be >= 1, got {log_every}")
+        if nan_policy not in NAN_POLICIES:
+            raise ConfigError(
+                f"nan_policy must be one of {', '.join(NAN_POLICIES)}, got {nan_policy!r}"
+            )
+        if keep_last is not None and keep_last < 1:
+            raise ConfigError(f"keep_last must be >= 1 (or null to keep all), got {keep_last}")
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.loss_fn: Loss = get_loss(loss)
@@ -155,6 +192,13 @@ class Trainer:
         self.flops_per_sample = flops_per_sample
         self.peak_flops = peak_flops
         self.report_perplexity = report_perplexity  # language models: exp(mean token loss)
+        self.nan_policy = nan_policy
+        self.keep_last = keep_last
+        self.config = config  # the job's resolved config: saved in state.json, checked on resume
+        self.skipped_steps = 0  # steps whose update was dropped (nan_policy "skip"/"rollback")
+        self.rollbacks = 0
+        self._signal: int | None = None  # set by the SIGINT/SIGTERM handler
+        self._step_skipped = False
 
         # Counters (saved in checkpoints).
         self.step = 0  # optimizer steps taken
@@ -239,11 +283,60 @@ class Trainer:
                 loss.backward()
                 self._update_metrics(outputs, batch[1])
                 step_loss += loss.detach()
+        norm = None
         if self.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        self._step_skipped = False
+        if self._check_every_step and not self._finite(step_loss, norm):
+            optimizer.zero_grad(set_to_none=True)
+            self._on_nonfinite(step_loss, norm, before_update=True)
+            return step_loss
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return step_loss
+
+    @property
+    def _check_every_step(self) -> bool:
+        # CPU: reading a scalar is free. Accelerators: only "skip" syncs per step (module doc).
+        return self.device.type == "cpu" or self.nan_policy == "skip"
+
+    @staticmethod
+    def _finite(loss: torch.Tensor, norm: torch.Tensor | None) -> bool:
+        ok = torch.isfinite(loss)
+        if norm is not None:
+            ok = ok & torch.isfinite(norm)
+        return bool(ok)
+
+    def _on_nonfinite(
+        self, loss: torch.Tensor | float, norm: torch.Tensor | None, before_update: bool
+    ) -> None:
+        """Apply `nan_policy` to a step whose loss or gradient norm is not finite."""
+        step = self.step + 1 if before_update else self.step
+        loss_v = float(loss)
+        what = f"loss {loss_v}" if not math.isfinite(loss_v) else f"gradient norm {float(norm)}"
+        if self.nan_policy == "skip":
+            self.skipped_steps += 1
+            self._step_skipped = True
+            return
+        if self.nan_policy == "rollback" and self.run_dir is not None:
+            latest = find_latest(self.run_dir / "checkpoints")
+            if latest is not None:
+                # model and optimizer go back; counters and the data position move on
+                load_checkpoint(latest, unwrap(self.model), self.optimizer, restore_rng_state=False)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.rollbacks += 1
+                self.skipped_steps += 1
+                self._step_skipped = True
+                self.log_message(f"non-finite {what} at step {step}: rolled back to {latest}")
+                return
+        saved = ""
+        # only a check before the update leaves finite weights worth saving
+        if before_update and self.run_dir is not None:
+            saved = f"; checkpoint saved in {self.save_step_checkpoint()}"
+        raise TrainingError(
+            f"non-finite {what} at step {step} (nan_policy={self.nan_policy}){saved}; "
+            f"{NAN_HINT}; or set train.nan_policy to skip or rollback"
+        )
 
     def _update_metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         if not self.metrics:
@@ -314,13 +407,45 @@ class Trainer:
         callbacks = CallbackList(self._callbacks())
         self.stop_training = False
         self._open_metrics_file()
+        self._signal = None
+        previous = self._install_signal_handlers()
         callbacks.call("on_train_begin", self)
         try:
             self._run(train, val, callbacks, eval_every, eval_batches, checkpoint_every)
+            if self._signal is not None:
+                saved = self.save_step_checkpoint() if self.run_dir is not None else None
+                raise TrainingInterrupted(self.step, saved, self._signal)
         finally:
+            self._restore_signal_handlers(previous)
             callbacks.call("on_train_end", self)
             self._close_metrics_file()
         return self.history
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """SIGINT/SIGTERM set a flag the loop reads at the next step boundary.
+
+        Python only allows handlers in the main thread; elsewhere the defaults stay."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous: dict[int, Any] = {}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._signal is not None:  # a second signal: stop now, without a checkpoint
+                raise KeyboardInterrupt
+            self._signal = signum
+            self.stop_training = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except (ValueError, OSError):  # not allowed here (embedded interpreter)
+                pass
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
     def _callbacks(self) -> list[Callback]:
         cbs = list(self.user_callbacks)
@@ -368,10 +493,11 @@ class Trainer:
                 micro = []
                 self.step += 1
                 self.step_in_epoch += 1
-                self.last_loss = loss
-                step_losses.append(loss)
-                step_sizes.append(n_samples)
-                window_losses.append(loss)
+                if not self._step_skipped:  # a dropped step's NaN stays out of the means
+                    self.last_loss = loss
+                    step_losses.append(loss)
+                    step_sizes.append(n_samples)
+                    window_losses.append(loss)
                 if apply_schedule:
                     schedule.apply(self.optimizer, self.step)
                 if has_step_hook:
@@ -380,12 +506,14 @@ class Trainer:
                     self._log_train(callbacks, window_losses, window_items, window_start)
                     window_start, window_items, window_losses = time.perf_counter(), 0, []
                 if checkpoint_every and self.step % checkpoint_every == 0 and self.run_dir:
-                    self.save_checkpoint(self.run_dir / "checkpoints" / "last")
+                    self.save_step_checkpoint()
                 if eval_every and self.step % eval_every == 0 and val is not None:
                     self._evaluate_and_record(val, eval_batches, callbacks)
                     model.train()
                 if self.step >= self.total_steps or self.stop_training:
                     break
+            if self._signal is not None:
+                break  # interrupted: no epoch-end evaluation, fit() saves and raises
             epoch_ended = self.steps_per_epoch is not None and (
                 self.step_in_epoch >= self.steps_per_epoch
             )
@@ -435,7 +563,11 @@ class Trainer:
     ) -> None:
         elapsed = max(time.perf_counter() - start, 1e-9)
         loss = float(torch.stack(losses).float().mean()) if losses else math.nan
+        if losses and not math.isfinite(loss) and not self._check_every_step:
+            self._on_nonfinite(loss, None, before_update=False)  # CUDA: checked at log steps
         logs: dict[str, float] = {"loss": loss, "lr": self.optimizer.param_groups[0]["lr"]}
+        if self.skipped_steps:
+            logs["skipped_steps"] = self.skipped_steps
         if self.tokens_seen:
             per_sample = self.tokens_seen / max(self.samples_seen, 1)
             logs["tokens_per_s"] = items * per_sample / elapsed
@@ -517,16 +649,55 @@ class Trainer:
         return state
 
     def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        state = self.state()
-        if extra:
-            state.update(extra)
-        path = save_checkpoint(path, unwrap(self.model), self.optimizer, state)
+        """Write a checkpoint directory at `path` (replacing one there)."""
+        path = save_checkpoint(path, unwrap(self.model), self.optimizer, self._state_payload(extra))
         for cb in self.user_callbacks:
             cb.on_save(self, path)
         return path
 
+    def save_step_checkpoint(
+        self, directory: str | Path | None = None, keep_last: int | None = None
+    ) -> Path:
+        """Save `<directory>/step-N` (default: `<run_dir>/checkpoints`), update `latest`,
+        keep the newest `keep_last` (default: the trainer's)."""
+        if directory is None:
+            if self.run_dir is None:
+                raise ConfigError("saving a checkpoint needs a run_dir (or a directory)")
+            directory = self.run_dir / "checkpoints"
+        path = save_step_checkpoint(
+            directory,
+            self.step,
+            unwrap(self.model),
+            self.optimizer,
+            self._state_payload(None),
+            keep_last=keep_last if keep_last is not None else self.keep_last,
+        )
+        for cb in self.user_callbacks:
+            cb.on_save(self, path)
+        return path
+
+    def _state_payload(self, extra: dict[str, Any] | None) -> dict[str, Any]:
+        state = self.state()
+        if self.config is not None:
+            state["config"] = self.config
+        if extra:
+            state.update(extra)
+        return state
+
     def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
+        """Restore weights, optimizer, RNG, counters and data position from `path` (a
+        checkpoint directory, or a `checkpoints/` folder: its newest complete checkpoint)."""
         self.build_optimizer()
+        path = Path(path)
+        if not (path / "state.json").is_file():
+            latest = find_latest(path)
+            path = latest if latest is not None else path
+        if self.config is not None and (path / "state.json").is_file():
+            try:
+                saved = json.loads((path / "state.json").read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                saved = {}  # load_checkpoint reports the corruption
+            check_config(saved.get("config"), self.config, path)
         state = load_checkpoint(path, unwrap(self.model), self.optimizer)
         self.step = int(state.get("step", 0))
         self.epoch = int(state.get("epoch", 0))
