@@ -215,6 +215,8 @@ def prepare_shards(
     dtype = token_dtype(tokenizer.vocab_size)
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"the shards folder {out} is a file; point shards_dir at a folder")
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / _TMP_DIR
     shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
