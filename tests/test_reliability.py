@@ -393,3 +393,20 @@ def test_resume_auto_continues_from_the_newest_complete_checkpoint(tmp_path) -> 
     # resumed, not restarted: a fresh run would have rewritten step-3 (a new file)
     assert (run / "checkpoints" / "step-00000003" / "state.json").stat().st_ino == kept
     assert (run / "checkpoints" / "step-00000006" / "state.json").is_file()
+
+
+def test_starting_a_run_over_moves_its_old_checkpoints_aside(tmp_path) -> None:
+    """A re-run of the same config must not resume later from the old run's newer checkpoints."""
+    from groundup.jobs.run_dir import prepare_run_dir
+    from groundup.jobs.train import TrainJobConfig
+    from groundup.train.checkpoint import find_latest
+
+    cfg = TrainJobConfig(run_dir=str(tmp_path / "run"), layers=[{"type": "Dense", "units": 2}])
+    run = prepare_run_dir(cfg.run_dir, cfg)
+    old = run / "checkpoints" / "step-00000800"
+    old.mkdir(parents=True)
+    (old / "model.safetensors").write_bytes(b"x")
+    (old / "state.json").write_text("{}")
+    prepare_run_dir(cfg.run_dir, cfg)  # the same config again: starts over
+    assert find_latest(run / "checkpoints") is None
+    assert (run / "checkpoints.previous" / "step-00000800" / "state.json").is_file()

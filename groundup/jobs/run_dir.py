@@ -20,7 +20,8 @@ def prepare_run_dir(path: str | Path, config: Any, overwrite: bool = False) -> P
 
     A directory that already holds a run with a different config is never reused silently:
     the user chooses another `run_dir` or passes `--overwrite`. The same config starts over
-    (its old metrics are replaced), so re-running a command is harmless.
+    (its old metrics are replaced, its old checkpoints move to `checkpoints.previous`), so
+    re-running a command is harmless.
     """
     path = Path(path)
     saved = path / CONFIG_FILE
@@ -39,6 +40,14 @@ def prepare_run_dir(path: str | Path, config: Any, overwrite: bool = False) -> P
     if overwrite and path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
+    checkpoints = path / "checkpoints"
+    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+        # Starting the same run over: its old checkpoints must not be taken for this run's on a
+        # later --resume, and must not be lost either, so they move aside (one generation).
+        previous = path / "checkpoints.previous"
+        if previous.exists():
+            shutil.rmtree(previous)
+        checkpoints.rename(previous)
     metrics = path / "metrics.jsonl"
     if metrics.exists():
         metrics.unlink()
