@@ -87,6 +87,24 @@ class SampleConfig:
     top_p: float | None = None
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check(
+            self.max_new_tokens >= 0,
+            f"sample.max_new_tokens must be an integer >= 0, got {self.max_new_tokens}",
+        )
+        check(
+            self.temperature >= 0,
+            f"sample.temperature must be >= 0 (0 = greedy), got {self.temperature}",
+        )
+        check(
+            self.top_k is None or self.top_k >= 1,
+            f"sample.top_k must be an integer >= 1 or null, got {self.top_k}",
+        )
+        check(
+            self.top_p is None or 0.0 < self.top_p <= 1.0,
+            f"sample.top_p must be in (0, 1] or null, got {self.top_p}",
+        )
+
 
 def _pretrain_optim() -> OptimConfig:
     return OptimConfig(
@@ -371,6 +389,9 @@ def run_pretrain(
     else:
         prepare_run_dir(run_dir, cfg, overwrite=overwrite)
         best_val_loss = None
+    # Check the model section now, before minutes of tokenizer training and encoding
+    # (256 stands in for the vocabulary size the tokenizer will decide).
+    build_gpt_config(cfg.model, 256)
     tokenizer = build_tokenizer(cfg, save_to=run_dir / "tokenizer.json", verbose=verbose)
     index = build_shards(cfg, tokenizer, verbose=verbose)
     gpt_cfg = build_gpt_config(cfg.model, tokenizer.vocab_size)
