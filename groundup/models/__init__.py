@@ -1,8 +1,25 @@
 """Models: Keras-style layers and Sequential, and the GPT family (gpt2 and llama flavours)."""
 
+from groundup.models.bert import (
+    Bert,
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+)
 from groundup.models.gpt import GPT, PRESETS, GPTConfig
 
 # Registry of model families built from configs, by name.
-MODELS = {"gpt": GPT}
+MODELS = {"gpt": GPT, "bert": Bert}
 
-__all__ = ["GPT", "GPTConfig", "MODELS", "PRESETS"]
+__all__ = [
+    "GPT",
+    "MODELS",
+    "PRESETS",
+    "Bert",
+    "BertConfig",
+    "BertForMaskedLM",
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
+    "GPTConfig",
+]
