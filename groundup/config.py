@@ -155,8 +155,12 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
-    """Build dataclass `cls` from a mapping, checking keys and types recursively."""
+def from_dict(
+    cls: type[T], data: Mapping[str, Any] | None, prefix: str = "", kind: str = "config"
+) -> T:
+    """Build dataclass `cls` from a mapping, checking keys and types recursively.
+
+    `kind` names the mapping in the unknown-key error ("unknown GPT config key ...")."""
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -171,7 +175,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
         dotted = f"{prefix}{key}"
         if key not in fields:
             raise ConfigError(
-                f"unknown config key '{_short(dotted)}'{did_you_mean(str(key), fields)}; "
+                f"unknown {kind} key '{_short(dotted)}'{did_you_mean(str(key), fields)}; "
                 f"valid keys{' under ' + prefix[:-1] if prefix else ''}: {', '.join(fields)}"
             )
         kwargs[key] = coerce(value, hints[key], dotted)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from groundup.errors import ConfigError, ShapeError
-from groundup.models.blocks import MLP
+from groundup.models.blocks import MLP, attend
 from groundup.registry import did_you_mean, lookup
 
 ACTIVATIONS = ("gelu",)
@@ -82,15 +82,10 @@ class BertConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BertConfig:
-        """Build from a plain dict (YAML, checkpoint); unknown keys are errors, not ignored."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        for key in d:
-            if key not in fields:
-                raise ConfigError(
-                    f"unknown BERT config key '{key}'{did_you_mean(key, fields)}; "
-                    f"valid keys: {', '.join(sorted(fields))}"
-                )
-        return cls(**d)
+        """Build from a plain dict (YAML, checkpoint): unknown keys and wrong types are errors."""
+        from groundup.config import from_dict
+
+        return from_dict(cls, d, kind="BERT config")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -129,7 +124,7 @@ class BidirectionalSelfAttention(nn.Module):
         k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         dropout_p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = attend(q, k, v, mask, dropout_p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.proj(y)
 
@@ -293,8 +288,7 @@ class BertForSequenceClassification(nn.Module):
 
     def __init__(self, config: BertConfig, num_labels: int, pooling: str = "cls") -> None:
         super().__init__()
-        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels <= 0:
-            raise ConfigError(f"num_labels must be a positive integer, got {num_labels!r}")
+        _check_num_labels(num_labels)
         if pooling not in POOLINGS:
             raise ConfigError(
                 f"unknown pooling {pooling!r}{did_you_mean(pooling, POOLINGS)}; "
@@ -320,13 +314,17 @@ class BertForSequenceClassification(nn.Module):
         return self.classifier(self.drop(pooled))  # (B, num_labels)
 
 
+def _check_num_labels(num_labels: int) -> None:
+    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels <= 0:
+        raise ConfigError(f"num_labels must be a positive integer, got {num_labels!r}")
+
+
 class BertForTokenClassification(nn.Module):
     """`forward(...) -> logits (B, T, num_labels)`, one prediction per token (NER, tagging)."""
 
     def __init__(self, config: BertConfig, num_labels: int) -> None:
         super().__init__()
-        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels <= 0:
-            raise ConfigError(f"num_labels must be a positive integer, got {num_labels!r}")
+        _check_num_labels(num_labels)
         self.config, self.num_labels = config, num_labels
         self.bert = Bert(config)
         self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()

@@ -7,6 +7,7 @@ pieces and passes them to `Block` (torchtune style) instead of branching on flag
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -130,6 +131,33 @@ class KVCache:
         self.pos = 0
 
 
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    **kwargs: Any,
+) -> Tensor:
+    """scaled_dot_product_attention, in fp32 when bf16 inputs sit on a CPU.
+
+    Trap: on CPUs the bf16 SDPA kernels are slower than the fp32 ones (backward 2.6x at T=64,
+    measured on torch 2.13), so attend in fp32; autocast must be off there or it casts the
+    inputs straight back to bf16. Every attention module goes through here.
+    """
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        with torch.autocast("cpu", enabled=False):
+            y = F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p,
+                is_causal=is_causal, **kwargs,
+            )  # fmt: skip
+        return y.to(torch.bfloat16)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, **kwargs
+    )
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with grouped-query support, through SDPA.
 
@@ -191,24 +219,7 @@ class CausalSelfAttention(nn.Module):
                 k = k.repeat_interleave(nh // nkv, dim=1)  # (B, nh, L, hs)
                 v = v.repeat_interleave(nh // nkv, dim=1)
         dropout_p = self.dropout if self.training else 0.0
-        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-            # Trap: on CPUs the bf16 SDPA kernels are slower than the fp32 ones (backward 2.6x
-            # at T=64, measured on torch 2.13), so attend in fp32; autocast must be off here
-            # or it casts the inputs straight back to bf16.
-            with torch.autocast("cpu", enabled=False):
-                y = F.scaled_dot_product_attention(
-                    q.float(),
-                    k.float(),
-                    v.float(),
-                    attn_mask=mask,
-                    dropout_p=dropout_p,
-                    is_causal=is_causal,
-                    **gqa,
-                ).to(torch.bfloat16)  # (B, nh, T, hs)
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, **gqa
-            )  # (B, nh, T, hs)
+        y = attend(q, k, v, mask, dropout_p, is_causal, **gqa)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, nh * hs)  # (B, T, C): reshape copies only once
         return self.proj(y)
 

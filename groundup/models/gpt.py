@@ -28,7 +28,7 @@ from groundup.models.blocks import (
     RotaryEmbedding,
     SwiGLU,
 )
-from groundup.registry import did_you_mean, lookup
+from groundup.registry import lookup
 
 FLAVOURS = {"gpt2": "gpt2", "llama": "llama"}
 
@@ -123,15 +123,10 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
-        """Build from a plain dict (YAML, checkpoint); unknown keys are errors, not ignored."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        for key in d:
-            if key not in fields:
-                raise ConfigError(
-                    f"unknown GPT config key '{key}'{did_you_mean(key, fields)}; "
-                    f"valid keys: {', '.join(sorted(fields))}"
-                )
-        return cls(**d)
+        """Build from a plain dict (YAML, checkpoint): unknown keys and wrong types are errors."""
+        from groundup.config import from_dict
+
+        return from_dict(cls, d, kind="GPT config")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
