@@ -218,6 +218,11 @@ def test_checkpoint_errors_name_the_keys():
         ({"model_type": "gpt2", "activation_function": "relu"}, "activation_function"),
         ({"model_type": "gpt2", "scale_attn_by_inverse_layer_idx": True}, "scale_attn_by"),
         ({"model_type": "bert"}, "unsupported Hugging Face model_type 'bert'"),
+        ({"model_type": "t5"}, "supported: 'gpt2', 'llama', 'mistral', 'qwen2'"),
+        ({"model_type": "qwen2", "use_sliding_window": True}, "use_sliding_window"),
+        ({"model_type": "qwen2", "layer_types": ["sliding_attention"]}, "layer_types"),
+        ({"model_type": "mistral", "sliding_window": 4096, "max_position_embeddings": 8192}, "sliding_window=4096"),
+        ({"model_type": "llama", "rope_parameters": {"partial_rotary_factor": 0.5}}, "partial_rotary_factor"),
     ],
 )  # fmt: skip
 def test_unsupported_hf_configs_name_the_field(config, field):

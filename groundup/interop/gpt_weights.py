@@ -1,6 +1,7 @@
 """GPT weights and configs to and from Hugging Face transformers' naming and layout.
 
-Covers `GPT2LMHeadModel` (flavour "gpt2") and `LlamaForCausalLM` (flavour "llama"). Pure
+Covers `GPT2LMHeadModel` (flavour "gpt2") and `LlamaForCausalLM` (flavour "llama"), plus
+Mistral (read as llama: same architecture) and Qwen2 (llama with `qkv_bias=True`). Pure
 tensor and dict work: transformers itself is not imported, so converting needs only torch.
 
 Layout differences that matter:
@@ -9,6 +10,7 @@ Layout differences that matter:
   in that order along the output dimension). GPT-2's c_attn is already fused, same order.
 - Our RoPE uses HF's rotate_half layout, so Llama q/k weights need no permutation.
 - Tied embeddings: HF files omit lm_head.weight; HF modules still list it in state_dict().
+- Classifier and base-model files have no lm_head at all: convert them with lm_head=False.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ def gpt_config_to_hf(cfg: GPTConfig) -> dict[str, Any]:
     """A transformers config dict (config.json content) describing the same model.
 
     Token ids (bos/eos/pad) are not known here; the exporter adds them from the tokenizer.
+    A llama-flavour config with qkv_bias (and bias=False) is written as Qwen2, the
+    transformers architecture with exactly that layout.
     """
     if cfg.flavour == "gpt2":
         return {
@@ -98,6 +102,8 @@ def gpt_config_to_hf(cfg: GPTConfig) -> dict[str, Any]:
             "initializer_range": cfg.init_std,
             "tie_word_embeddings": cfg.tie_embeddings,
         }
+    if cfg.qkv_bias and not cfg.bias:
+        return _qwen2_config_to_hf(cfg)
     return {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
@@ -122,8 +128,36 @@ def gpt_config_to_hf(cfg: GPTConfig) -> dict[str, Any]:
     }
 
 
+def _qwen2_config_to_hf(cfg: GPTConfig) -> dict[str, Any]:
+    return {
+        "model_type": "qwen2",
+        "architectures": ["Qwen2ForCausalLM"],
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.n_embd,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_kv_head,
+        "max_position_embeddings": cfg.block_size,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "hidden_act": "silu",
+        "use_sliding_window": False,
+        "sliding_window": None,
+        "max_window_layers": cfg.n_layer,
+        "attention_dropout": cfg.dropout,
+        "initializer_range": cfg.init_std,
+        "tie_word_embeddings": cfg.tie_embeddings,
+    }
+
+
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2")
+
+
 def gpt_config_from_hf(hf_config: Mapping[str, Any] | Any) -> GPTConfig:
-    """A GPTConfig from a transformers config dict (or config object) of GPT-2 or Llama.
+    """A GPTConfig from a transformers config dict (or config object) of GPT-2, Llama,
+    Mistral or Qwen2.
 
     A setting we cannot reproduce exactly (rope scaling, another activation, ...) is a
     ConfigError naming it, rather than a model that loads and quietly computes something else.
@@ -134,8 +168,13 @@ def gpt_config_from_hf(hf_config: Mapping[str, Any] | Any) -> GPTConfig:
         return _gpt2_config_from_hf(d)
     if model_type == "llama":
         return _llama_config_from_hf(d)
+    if model_type == "mistral":
+        return _mistral_config_from_hf(d)
+    if model_type == "qwen2":
+        return _qwen2_config_from_hf(d)
     raise ConfigError(
-        f"unsupported Hugging Face model_type {model_type!r} for GPT; supported: 'gpt2', 'llama'"
+        f"unsupported Hugging Face model_type {model_type!r} for GPT; supported: "
+        + ", ".join(map(repr, SUPPORTED_MODEL_TYPES))
     )
 
 
@@ -174,6 +213,38 @@ def _gpt2_config_from_hf(d: dict[str, Any]) -> GPTConfig:
     )
 
 
+def _mistral_config_from_hf(d: dict[str, Any]) -> GPTConfig:
+    """Mistral is Llama's architecture plus a sliding attention window; a window that never
+    cuts inside the context (null, or >= max_position_embeddings) is plain causal attention."""
+    window, context = d.get("sliding_window"), d.get("max_position_embeddings", 4096 * 32)
+    if window is not None and window < context:
+        raise _unsupported(
+            "sliding_window",
+            window,
+            f"sliding-window attention is not implemented; it is exact for contexts up to "
+            f"{window} tokens, so set max_position_embeddings to {window} (or sliding_window "
+            "to null) in config.json to use the model with that context",
+        )
+    if "layer_types" in d and any(t != "full_attention" for t in d["layer_types"] or []):
+        raise _unsupported("layer_types", d["layer_types"], "only full attention is implemented")
+    return _llama_config_from_hf(d)
+
+
+def _qwen2_config_from_hf(d: dict[str, Any]) -> GPTConfig:
+    """Qwen2: Llama's architecture with biases on q/k/v (not on o_proj or the MLP)."""
+    if d.get("use_sliding_window", False):
+        raise _unsupported(
+            "use_sliding_window", True, "sliding-window attention is not implemented; set it false"
+        )
+    if any(t != "full_attention" for t in d.get("layer_types") or []):
+        raise _unsupported("layer_types", d["layer_types"], "only full attention is implemented")
+    for field in ("attention_bias", "mlp_bias"):
+        if field in d:  # not Qwen2 fields: a file that sets them is something else
+            raise _unsupported(field, d[field], "Qwen2 has biases on q/k/v only")
+    cfg = _llama_config_from_hf(d)
+    return GPTConfig.from_dict({**cfg.to_dict(), "qkv_bias": True})
+
+
 def _llama_config_from_hf(d: dict[str, Any]) -> GPTConfig:
     act = d.get("hidden_act", "silu")
     if act != "silu":
@@ -185,6 +256,11 @@ def _llama_config_from_hf(d: dict[str, Any]) -> GPTConfig:
         raise _unsupported(
             "rope_parameters.rope_type", rope["rope_type"], "only plain RoPE is implemented"
         )
+    partial = rope.get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0))
+    if partial != 1.0:
+        raise _unsupported("partial_rotary_factor", partial, "RoPE here rotates the whole head")
+    if d.get("pretraining_tp", 1) != 1:
+        raise _unsupported("pretraining_tp", d["pretraining_tp"], "set it to 1")
     attn_bias, mlp_bias = bool(d.get("attention_bias", False)), bool(d.get("mlp_bias", False))
     if attn_bias != mlp_bias:
         raise _unsupported(
@@ -220,14 +296,16 @@ def state_dict_to_hf(
     cfg: GPTConfig | None = None,
     *,
     include_tied: bool = False,
+    lm_head: bool = True,
 ) -> dict[str, Tensor]:
     """Our GPT state dict in HF naming and layout, ready for `GPT2LMHeadModel` or
-    `LlamaForCausalLM`.
+    `LlamaForCausalLM` (or `Qwen2ForCausalLM` with qkv_bias).
 
     cfg defaults to the model's config. A tied lm_head.weight is left out (as in HF's own
     files; safetensors also refuses two names for one tensor) unless include_tied=True, which
     `hf_model.load_state_dict(sd, strict=True)` needs. GPT-2 without biases exports zero
-    biases, since HF GPT-2 always has them.
+    biases, since HF GPT-2 always has them. lm_head=False converts a trunk without the head
+    (a classifier's `.gpt`): lm_head.weight is neither needed nor written.
     """
     if isinstance(model_or_sd, nn.Module):
         module = getattr(model_or_sd, "_orig_mod", model_or_sd)  # torch.compile wrapper
@@ -238,12 +316,15 @@ def state_dict_to_hf(
         sd = dict(model_or_sd)
     if cfg is None:
         raise ConfigError("state_dict_to_hf needs cfg when given a state dict; pass the GPTConfig")
-    if cfg.tie_embeddings:
+    if cfg.tie_embeddings and lm_head:
         # A file saved with deduplicated shared tensors may hold only one of the two names.
         for a, b in (("tok_emb.weight", "lm_head.weight"), ("lm_head.weight", "tok_emb.weight")):
             if a not in sd and b in sd:
                 sd[a] = sd[b]
-    _check_against(sd, _expected_shapes(cfg), what="GPT state dict")
+    expected = _expected_shapes(cfg)
+    if not lm_head:
+        expected.pop("lm_head.weight")
+    _check_against(sd, expected, what="GPT state dict")
 
     gpt2 = cfg.flavour == "gpt2"
     out: dict[str, Tensor] = {}
@@ -268,16 +349,23 @@ def state_dict_to_hf(
             out[f"model.layers.{m[1]}.{_LLAMA_LAYER[m[2]]}"] = t
     if gpt2 and not cfg.bias:
         for hf_key, shape in _expected_hf_shapes(cfg, include_tied).items():
+            if hf_key == "lm_head.weight":
+                continue  # the head is never a bias: present above or left out on purpose
             if hf_key not in out:  # a bias we do not have: zero is the same function
                 emb = sd["tok_emb.weight"]
                 out[hf_key] = torch.zeros(shape, dtype=emb.dtype, device=emb.device)
     return out
 
 
-def state_dict_from_hf(hf_sd: Mapping[str, Tensor], cfg: GPTConfig) -> dict[str, Tensor]:
-    """A state dict for `GPT(cfg).load_state_dict(..., strict=True)` from HF GPT-2 or Llama
-    weights (an LM-head model's state dict or model.safetensors, with or without the
-    "transformer."/"model." prefix). Wrong keys or shapes are a CheckpointError.
+def state_dict_from_hf(
+    hf_sd: Mapping[str, Tensor], cfg: GPTConfig, *, lm_head: bool = True
+) -> dict[str, Tensor]:
+    """A state dict for `GPT(cfg).load_state_dict(..., strict=True)` from HF GPT-2, Llama,
+    Mistral or Qwen2 weights (an LM-head model's state dict or model.safetensors, with or
+    without the "transformer."/"model." prefix). Wrong keys or shapes are a CheckpointError.
+
+    lm_head=False reads the trunk only (a base model or a classifier's weights, after taking
+    out its score head): no lm_head.weight is needed, and one in the file is dropped.
     """
     gpt2 = cfg.flavour == "gpt2"
     prefix = "transformer." if gpt2 else "model."
@@ -289,9 +377,12 @@ def state_dict_from_hf(hf_sd: Mapping[str, Tensor], cfg: GPTConfig) -> dict[str,
         if not key.startswith((prefix, "lm_head.")):
             key = prefix + key  # bare base-model files (e.g. the original gpt2 checkpoint)
         sd[key] = t
-    if cfg.tie_embeddings:
-        sd.pop("lm_head.weight", None)  # the embedding is the head: the copy is redundant
-    _check_against(sd, _expected_hf_shapes(cfg), what="Hugging Face state dict")
+    if cfg.tie_embeddings or not lm_head:
+        sd.pop("lm_head.weight", None)  # tied: the embedding is the head, the copy is redundant
+    expected = _expected_hf_shapes(cfg)
+    if not lm_head:
+        expected.pop("lm_head.weight", None)
+    _check_against(sd, expected, what="Hugging Face state dict")
 
     out: dict[str, Tensor] = {}
     if gpt2:
@@ -318,12 +409,12 @@ def state_dict_from_hf(hf_sd: Mapping[str, Tensor], cfg: GPTConfig) -> dict[str,
         _check_zero_biases(sd)
         out.pop("norm.bias", None)
     if not gpt2:
-        kinds = ("weight", "bias") if cfg.bias else ("weight",)
+        kinds = ("weight", "bias") if cfg.bias or cfg.qkv_bias else ("weight",)
         for i in range(cfg.n_layer):
             for kind in kinds:
                 parts = [sd[f"model.layers.{i}.self_attn.{p}_proj.{kind}"] for p in ("q", "k", "v")]
                 out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(parts, dim=0)
-    if cfg.tie_embeddings:
+    if cfg.tie_embeddings and lm_head:
         out["lm_head.weight"] = out["tok_emb.weight"]
     return out
 

@@ -173,6 +173,7 @@ class CausalSelfAttention(nn.Module):
         bias: bool = True,
         dropout: float = 0.0,
         layer_idx: int = 0,
+        qkv_bias: bool | None = None,
     ) -> None:
         super().__init__()
         self.n_head = n_head
@@ -180,7 +181,9 @@ class CausalSelfAttention(nn.Module):
         self.head_dim = n_embd // n_head
         self.layer_idx = layer_idx  # where this layer's keys live in a KVCache
         self.dropout = dropout
-        self.qkv = nn.Linear(n_embd, (n_head + 2 * self.n_kv_head) * self.head_dim, bias=bias)
+        # qkv_bias None: same as `bias`. Qwen2 has biases on q/k/v only (qkv_bias=True, bias=False).
+        qkv_bias = bias if qkv_bias is None else qkv_bias
+        self.qkv = nn.Linear(n_embd, (n_head + 2 * self.n_kv_head) * self.head_dim, bias=qkv_bias)
         self.proj = nn.Linear(n_head * self.head_dim, n_embd, bias=bias)
 
     def forward(

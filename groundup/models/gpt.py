@@ -2,9 +2,11 @@
 
 - "gpt2": learned absolute positions, LayerNorm, GELU MLP, biases, tied embeddings.
 - "llama": RoPE, RMSNorm, SwiGLU MLP, grouped-query attention, no biases, untied embeddings.
+  Mistral is the same architecture; Qwen2 is llama with `qkv_bias=True` (biases on q/k/v only).
 
 Both are the same `GPT` module; the constructor picks the pieces (blocks.py) by flavour and
 passes them to `Block`, so the forward pass has no flavour branches.
+`GPTForSequenceClassification` puts a linear `score` head on the last real token of each row.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ class GPTConfig:
     # gpt2 MLP: "gelu_tanh" (GPT-2's own, HF "gelu_new") or "gelu" (exact erf, as nanoGPT;
     # about 2x cheaper on CPUs). llama always uses SwiGLU ("silu").
     activation: str | None = None
+    # Biases on the q/k/v projections even when bias=False (Qwen2); llama flavour only.
+    # With bias=True the projections have biases anyway and this changes nothing.
+    qkv_bias: bool = False
 
     def __post_init__(self) -> None:
         self.flavour = lookup(FLAVOURS, self.flavour, "model flavour")
@@ -104,6 +109,10 @@ class GPTConfig:
         if not gpt2 and self.head_dim % 2:
             raise ConfigError(
                 f"head size n_embd/n_head = {self.head_dim} is odd; RoPE needs an even head size"
+            )
+        if gpt2 and self.qkv_bias:
+            raise ConfigError(
+                "qkv_bias is a llama-flavour option (Qwen2); for flavour 'gpt2' use bias=True"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
@@ -215,7 +224,13 @@ class GPT(nn.Module):
     def _make_block(self, layer_idx: int) -> Block:
         cfg = self.config
         attn = CausalSelfAttention(
-            cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.bias, cfg.dropout, layer_idx
+            cfg.n_embd,
+            cfg.n_head,
+            cfg.n_kv_head,
+            cfg.bias,
+            cfg.dropout,
+            layer_idx,
+            qkv_bias=cfg.bias or cfg.qkv_bias,
         )
         if cfg.flavour == "gpt2":
             approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
@@ -253,6 +268,10 @@ class GPT(nn.Module):
         and the cache advances by T. Token ids are not range-checked here (that costs a device
         sync per step); `generate` checks them once.
         """
+        return self.lm_head(self.hidden_states(idx, kv_cache))  # (B, T, vocab_size)
+
+    def hidden_states(self, idx: Tensor, kv_cache: KVCache | None = None) -> Tensor:
+        """Final-normed hidden states (B, T, n_embd): the trunk without the lm_head, for heads."""
         if idx.dim() != 2:
             raise ShapeError(
                 f"GPT expects token ids of shape (batch, time), got {tuple(idx.shape)}; "
@@ -276,7 +295,7 @@ class GPT(nn.Module):
             x = block(x, rope, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(T)
-        return self.lm_head(self.norm(x))  # (B, T, vocab_size)
+        return self.norm(x)  # (B, T, C)
 
     def new_kv_cache(self, max_len: int | None = None) -> KVCache:
         """An empty cache for up to max_len positions (default block_size)."""
@@ -318,3 +337,61 @@ class GPT(nn.Module):
     def generate(self, idx: Tensor, max_new_tokens: int, **kwargs: Any) -> Tensor:
         """Sample a continuation; see `groundup.generate.generate` for the options."""
         return generate(self, idx, max_new_tokens, **kwargs)
+
+
+class GPTForSequenceClassification(nn.Module):
+    """`forward(idx) -> logits (B, num_labels)` from the hidden state of each row's last real
+    token, the rule of transformers' GPT2/LlamaForSequenceClassification, so exported weights
+    give the same logits there.
+
+    The trunk is a `GPT` at `.gpt` with its lm_head removed (`gpt.lm_head is None`: calling
+    `self.gpt(idx)` is an error, use `self.gpt.hidden_states`). A causal-LM state dict loads
+    into the trunk with `model.gpt.load_state_dict(sd, strict=False)` (only lm_head.weight is
+    unexpected), or build from a loaded GPT with `from_gpt`.
+
+    pad_id: rows are padded with it (right or left); the last token that is not pad_id is
+    pooled (position 0 for a row of padding only). None: always the last position, which is
+    only right for unpadded batches.
+    """
+
+    def __init__(self, config: GPTConfig, num_labels: int, pad_id: int | None = None) -> None:
+        super().__init__()
+        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels <= 0:
+            raise ConfigError(f"num_labels must be a positive integer, got {num_labels!r}")
+        if pad_id is not None and not 0 <= pad_id < config.vocab_size:
+            raise ConfigError(
+                f"pad_id {pad_id} is outside the vocabulary (0..{config.vocab_size - 1}); "
+                "pass the tokenizer's pad id"
+            )
+        self.config, self.num_labels, self.pad_id = config, num_labels, pad_id
+        self.gpt = GPT(config)
+        # The classifier never uses the vocabulary projection: drop it (an untied head would be
+        # vocab_size x n_embd of dead weights, and unused parameters upset DDP).
+        self.gpt.lm_head = None
+        self.score = nn.Linear(config.n_embd, num_labels, bias=False)
+        nn.init.normal_(self.score.weight, mean=0.0, std=config.init_std)
+
+    @classmethod
+    def from_gpt(
+        cls, gpt: GPT, num_labels: int, pad_id: int | None = None
+    ) -> GPTForSequenceClassification:
+        """A classifier whose trunk holds a copy of `gpt`'s weights (a fresh `score` head)."""
+        model = cls(gpt.config, num_labels, pad_id)
+        sd = {k: v for k, v in gpt.state_dict().items() if k != "lm_head.weight"}
+        model.gpt.load_state_dict(sd, strict=True)
+        return model.to(device=gpt.tok_emb.weight.device, dtype=gpt.tok_emb.weight.dtype)
+
+    def last_token_index(self, idx: Tensor) -> Tensor:
+        """(B,) position of each row's last non-pad token, as transformers computes it."""
+        T = idx.shape[1]
+        if self.pad_id is None:
+            return torch.full((idx.shape[0],), T - 1, dtype=torch.long, device=idx.device)
+        real = (idx != self.pad_id).long()  # (B, T)
+        positions = torch.arange(T, device=idx.device)  # (T,)
+        return (positions * real).argmax(-1)  # (B,): rightmost real token, 0 if none
+
+    def forward(self, idx: Tensor) -> Tensor:
+        hidden = self.gpt.hidden_states(idx)  # (B, T, C)
+        rows = torch.arange(idx.shape[0], device=idx.device)
+        pooled = hidden[rows, self.last_token_index(idx)]  # (B, C)
+        return self.score(pooled)  # (B, num_labels)
