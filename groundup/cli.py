@@ -45,11 +45,50 @@ def _pretrain(args: argparse.Namespace) -> None:
     run_pretrain(args.config, args.overrides, overwrite=args.overwrite, resume=args.resume)
 
 
+def _finetune(args: argparse.Namespace) -> None:
+    from groundup.jobs.finetune import run_finetune
+
+    run_finetune(args.config, args.overrides, overwrite=args.overwrite, resume=args.resume)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from groundup.jobs.evaluate import run_evaluate
+
+    run_evaluate(
+        args.run,
+        args.data,
+        batch_size=args.batch_size,
+        device=args.device,
+        text_field=args.text_field,
+        label_field=args.label_field,
+        allow_pickle=args.allow_pickle,
+        task=args.task,
+    )
+
+
+def _export(args: argparse.Namespace) -> None:
+    from groundup.jobs.export import run_export
+
+    run_export(
+        args.run,
+        args.out,
+        format=args.format,
+        overwrite=args.overwrite,
+        allow_pickle=args.allow_pickle,
+    )
+
+
 def _generate(args: argparse.Namespace) -> None:
-    from groundup.jobs.pretrain import SampleConfig, load_model_dir, sample_text
+    from groundup.errors import ConfigError
+    from groundup.jobs.model_io import load_model
+    from groundup.jobs.pretrain import SampleConfig, sample_text
     from groundup.train.trainer import resolve_device
 
-    model, tokenizer = load_model_dir(args.run, device=resolve_device(args.device))
+    loaded = load_model(args.run)
+    if loaded.task == "classification":
+        raise ConfigError(f"{args.run} holds a classifier; generate needs a language model")
+    model = loaded.model.to(resolve_device(args.device))
+    tokenizer = loaded.tokenizer
     sample = SampleConfig(
         prompt=args.prompt,
         max_new_tokens=args.max_new_tokens,
@@ -58,7 +97,12 @@ def _generate(args: argparse.Namespace) -> None:
         top_p=args.top_p,
         seed=args.seed,
     )
-    sample_text(model, tokenizer, sample, stream=True)
+    if loaded.task == "sft":  # answer the prompt as a chat turn, the way it was trained
+        from groundup.jobs.finetune import sample_reply
+
+        sample_reply(model, tokenizer, sample, loaded.meta.get("template", "auto"), stream=True)
+    else:
+        sample_text(model, tokenizer, sample, stream=True)
 
 
 def _add_tokenizer_args(parser: argparse.ArgumentParser) -> None:
@@ -82,7 +126,9 @@ def _add_pretrain_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_generate_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="a run directory of groundup pretrain, or its model/ folder")
+    parser.add_argument(
+        "run", help="a run directory (pretrain, finetune), its model/ folder or a HF folder"
+    )
     parser.add_argument("--prompt", default="\n", help="text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
@@ -90,6 +136,38 @@ def _add_generate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+
+
+def _add_evaluate_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="a run directory (pretrain/finetune) or a model folder")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="text file/folder (language models), SFT JSONL, or labelled CSV/JSONL (classifiers)",
+    )
+    parser.add_argument(
+        "--task",
+        choices=["causal_lm", "sft", "classification"],
+        default=None,
+        help="read the data as this task (e.g. sft to score a base model on an SFT file)",
+    )
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--text-field", default=None, help="default: the one used in training")
+    parser.add_argument("--label-field", default=None, help="default: the one used in training")
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read a Hugging Face pytorch_model.bin (weights_only) when there is no safetensors",
+    )
+
+
+def _add_export_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="a run directory (pretrain/finetune) or a model folder")
+    parser.add_argument("--format", default="hf", choices=["hf"], help="hf: Hugging Face")
+    parser.add_argument("--out", required=True, help="the folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    parser.add_argument("--allow-pickle", action="store_true", help=argparse.SUPPRESS)
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -115,7 +193,14 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     ),
     "prepare": ("encode a corpus into memory-mapped token shards", _add_config_only, _prepare),
     "pretrain": ("pretrain a GPT from scratch on token shards", _add_pretrain_args, _pretrain),
+    "finetune": (
+        "fine-tune a pretrained model (full or LoRA): causal LM, SFT, classification",
+        _add_pretrain_args,
+        _finetune,
+    ),
+    "evaluate": ("score a trained model on a data file", _add_evaluate_args, _evaluate),
     "generate": ("generate text from a pretrained model", _add_generate_args, _generate),
+    "export": ("export a model to the Hugging Face format", _add_export_args, _export),
     "quickstart": (
         "run the whole lifecycle on embedded data (no arguments needed)",
         lambda p: (

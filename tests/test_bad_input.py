@@ -278,7 +278,7 @@ GENERATE_CASES = {
     "config.json not JSON": ("config.json", b"{not json", "config.json is not valid JSON"),
     "config.json unknown key": (
         "config.json",
-        b'{"n_layerz": 2}',
+        b'{"model_type": "groundup-gpt", "n_layerz": 2}',
         "unknown GPT config key 'n_layerz' (did you mean 'n_layer'?)",
     ),
 }
@@ -314,7 +314,7 @@ GENERATE_ARGS = {
         "max_new_tokens must be an integer >= 0",
     ),
     "device tpu": (["--device", "tpu"], "unknown device 'tpu'"),
-    "run folder without a model": (["--run-is-root"], "no model in"),
+    "run folder without a model": (["--run-is-root"], "no config.json in"),
 }
 
 
