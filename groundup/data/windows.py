@@ -86,11 +86,16 @@ def _mix(x: int) -> int:
 class RandomWindows:
     """Endless random (x, y) batches, like nanoGPT's get_batch, resumable exactly.
 
-    Batch k draws its offsets from a torch.Generator seeded by a hash of (seed, rank, k),
-    so the state is just the batch counter: `state_dict()` is a small JSON-safe dict, and a run resumed
-    from it draws the same windows as one that never stopped. Give each data-parallel rank
-    its own `rank` so ranks see different windows. Offsets are uniform over every window
-    that fits, the last one (ending at the last token) included.
+    Batch k draws its offsets from a torch.Generator seeded by a hash of (seed, k), so the
+    state is just the batch counter: `state_dict()` is a small JSON-safe dict, and a run resumed
+    from it draws the same windows as one that never stopped. Offsets are uniform over every
+    window that fits, the last one (ending at the last token) included.
+
+    Data-parallel ranks: with `world_size=N`, batch k is one global draw of N * batch_size
+    windows and rank r takes the r-th slice of it. The ranks' parts are disjoint, N ranks with
+    batch b see exactly the windows of one process with batch N * b, and a checkpoint resumes
+    on any N with the same global batch (the counter counts global draws).
+    Without `world_size`, `rank` only picks an independent stream (the earlier behaviour).
     """
 
     def __init__(
@@ -101,14 +106,21 @@ class RandomWindows:
         seed: int = 0,
         device: str | torch.device = "cpu",
         rank: int = 0,
+        world_size: int | None = None,
     ) -> None:
         self.tokens = _as_array(tokens)
         n = len(self.tokens)
         _check_sizes(n, block_size, batch_size, "the token split")
         if seed < 0 or rank < 0:
             raise ConfigError(f"seed and rank must be >= 0, got {seed} and {rank}")
+        if world_size is not None and not 0 <= rank < world_size:
+            raise ConfigError(f"rank must be in 0..world_size-1, got rank {rank} of {world_size}")
         self.block_size, self.batch_size = block_size, batch_size
         self.seed, self.rank = seed, rank
+        self.world_size = world_size
+        # the stream id: 0 for every rank of a data-parallel job (they slice one draw)
+        self._stream = rank if world_size is None else 0
+        self.global_batch = batch_size * (world_size or 1)
         self.device = torch.device(device)
         self.n_tokens = n
         self.step = 0  # batches drawn so far
@@ -116,11 +128,14 @@ class RandomWindows:
         self._gen = torch.Generator()
 
     def offsets(self, step: int) -> np.ndarray:
-        """Start positions (B,) of the windows of batch number `step`."""
-        self._gen.manual_seed(_mix(_mix(_mix(self.seed) ^ self.rank) ^ step))
+        """Start positions (B,) of this rank's windows of batch number `step`."""
+        self._gen.manual_seed(_mix(_mix(_mix(self.seed) ^ self._stream) ^ step))
         # high is exclusive: the last start is n - T - 1, whose y ends at the last token
         high = self.n_tokens - self.block_size
-        return torch.randint(high, (self.batch_size,), generator=self._gen).numpy()
+        starts = torch.randint(high, (self.global_batch,), generator=self._gen).numpy()
+        if self.world_size is None:
+            return starts
+        return starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self
@@ -131,7 +146,7 @@ class RandomWindows:
         return _to_batch(self._read(starts), self.device)
 
     def state_dict(self) -> dict[str, int]:
-        return {
+        state = {
             "step": self.step,
             "seed": self.seed,
             "rank": self.rank,
@@ -139,14 +154,26 @@ class RandomWindows:
             "batch_size": self.batch_size,
             "n_tokens": self.n_tokens,
         }
+        if self.world_size is not None:
+            state["world_size"] = self.world_size
+            state["global_batch"] = self.global_batch
+        return state
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue from `state`; warn when the data or sizes differ (windows will too)."""
-        changed = [
-            k
-            for k in ("seed", "rank", "block_size", "batch_size", "n_tokens")
-            if k in state and state[k] != getattr(self, k)
-        ]
+        """Continue from `state`; warn when the data or sizes differ (windows will too).
+
+        Under data parallelism the rank and the per-rank batch may change (another number of
+        ranks); what must match is the global draw."""
+        if self.world_size is None and "world_size" not in state:
+            keys = ("seed", "rank", "block_size", "batch_size", "n_tokens")
+            mine = self.state_dict()
+        else:
+            keys = ("seed", "block_size", "global_batch", "n_tokens")
+            mine = {**self.state_dict(), "global_batch": self.global_batch}
+            state = {**state, "global_batch": state.get("global_batch", state.get("batch_size"))}
+            if state.get("world_size") is None and state.get("rank", 0) != 0:
+                keys = (*keys, "rank")  # an independent stream: another rank's would differ
+        changed = [k for k in keys if k in state and state[k] != mine.get(k)]
         if changed:
             warnings.warn(
                 f"resuming RandomWindows with a different {', '.join(changed)} than the saved "

@@ -3,10 +3,17 @@
 corpus -> tokenizer (trained, or loaded from a tokenizer.json) -> token shards (encoded once,
 memory-mapped) -> GPT -> the one `Trainer` on random windows -> checkpoints, metrics, a saved
 model folder (weights, config, tokenizer) and a generated sample.
+
+Under torchrun (`torchrun --nproc_per_node N -m groundup pretrain CONFIG`) the same config runs
+on N ranks: rank 0 prepares the run directory, tokenizer and shards while the others wait, every
+rank trains on its slice of each global batch (DDP or FSDP2, the `distributed:` section), and
+rank 0 logs, writes the results and the final model and prints the sample. The global batch
+(tokens per optimizer step) is the config's whatever N is; see `split_global_batch`.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 from dataclasses import dataclass, field
@@ -18,6 +25,7 @@ import torch
 from groundup.config import check, from_dict, load_config
 from groundup.errors import ConfigError, MissingFileError
 from groundup.jobs.train import OptimConfig
+from groundup.train.distributed import DistributedConfig
 
 
 @dataclass
@@ -134,6 +142,7 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=_pretrain_optim)
     train: PretrainLoopConfig = field(default_factory=PretrainLoopConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 # ---------------------------------------------------------------- building blocks
@@ -226,25 +235,65 @@ def build_gpt_config(model: dict[str, Any], vocab_size: int):
 
 
 def loop_batches(cfg: PretrainConfig, block_size: int) -> int:
-    """grad_accum from tokens_per_step (the global batch), with a clear error if it won't divide."""
+    """grad_accum of one process (see `split_global_batch` for several ranks)."""
+    return split_global_batch(cfg, block_size, 1)[1]
+
+
+def split_global_batch(
+    cfg: PretrainConfig, block_size: int, world_size: int = 1
+) -> tuple[int, int]:
+    """(sequences per micro-batch on each rank, grad_accum) that keep the global batch.
+
+    The global batch is train.tokens_per_step, or else batch_size x grad_accum sequences (what
+    one process trains on per step). With tokens_per_step, each rank's micro-batch is
+    train.batch_size and grad_accum = tokens_per_step / (world_size x batch_size x block_size).
+    Without it, the largest micro-batch <= batch_size that divides the rank's share is used,
+    so one process and N ranks draw the same windows per step (and resume into each other).
+    """
     t = cfg.train
-    if t.tokens_per_step is None:
-        return t.grad_accum
-    per_micro = t.batch_size * block_size
-    if t.tokens_per_step % per_micro:
+    if t.tokens_per_step is not None:
+        per_micro = world_size * t.batch_size * block_size
+        if t.tokens_per_step % per_micro:
+            if world_size == 1:
+                raise ConfigError(
+                    f"train.tokens_per_step {t.tokens_per_step} is not a multiple of batch_size x "
+                    f"block_size = {per_micro}; pick a multiple (e.g. "
+                    f"{per_micro * max(1, t.tokens_per_step // per_micro)})"
+                )
+            raise ConfigError(
+                f"the global batch train.tokens_per_step {t.tokens_per_step} cannot be split over "
+                f"{world_size} ranks x batch_size {t.batch_size} x block_size {block_size} = "
+                f"{per_micro} tokens; set tokens_per_step to a multiple of {per_micro} (e.g. "
+                f"{per_micro * max(1, round(t.tokens_per_step / per_micro))}) or change batch_size"
+            )
+        return t.batch_size, t.tokens_per_step // per_micro
+    sequences = t.batch_size * t.grad_accum
+    if sequences % world_size:
         raise ConfigError(
-            f"train.tokens_per_step {t.tokens_per_step} is not a multiple of batch_size x "
-            f"block_size = {per_micro}; pick a multiple (e.g. {per_micro * max(1, t.tokens_per_step // per_micro)})"
+            f"the global batch of {sequences} sequences (train.batch_size {t.batch_size} x "
+            f"grad_accum {t.grad_accum}) cannot be split over {world_size} ranks; make "
+            f"batch_size x grad_accum a multiple of {world_size}, or use "
+            f"{world_size * max(1, sequences // world_size)} sequences"
         )
-    return t.tokens_per_step // per_micro
+    share = sequences // world_size
+    batch = max(b for b in range(1, min(t.batch_size, share) + 1) if share % b == 0)
+    return batch, share // batch
 
 
-def save_model_dir(path: Path, model, tokenizer) -> Path:
-    """A self-contained model folder: weights, GPT config and tokenizer (what `generate` loads)."""
-    from groundup.train.checkpoint import save_weights, unwrap
+def save_model_dir(
+    path: Path, model, tokenizer, tensors: dict[str, torch.Tensor] | None = None
+) -> Path:
+    """A self-contained model folder: weights, GPT config and tokenizer (what `generate` loads).
+
+    `tensors`: the full weights when gathered already (an FSDP2 model, on rank 0)."""
+    from safetensors.torch import save_file
+
+    from groundup.train.checkpoint import model_tensors, unwrap
 
     path.mkdir(parents=True, exist_ok=True)
-    save_weights(unwrap(model), path / "model.safetensors", metadata={"format": "groundup.gpt"})
+    if tensors is None:
+        tensors = model_tensors(unwrap(model))
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "groundup.gpt"})
     config = {"model_type": "groundup-gpt", **unwrap(model).config.to_dict()}
     (path / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     tokenizer.save(path / "tokenizer.json")
@@ -364,7 +413,40 @@ def run_pretrain(
     config: PretrainConfig | None = None,
     verbose: int = 1,
 ) -> dict[str, Any]:
-    """`groundup pretrain CONFIG`: train a GPT from scratch; returns headline results."""
+    """`groundup pretrain CONFIG`: train a GPT from scratch; returns headline results.
+
+    Under torchrun every rank runs this; errors name the rank ("rank 1: ...")."""
+    from groundup.errors import GroundupError
+    from groundup.train import distributed as du
+
+    cfg = config if config is not None else load_config(PretrainConfig, config_path, overrides)
+    owned = du.launched() and not du.active()  # we start the process group, we end it
+    try:
+        device = du.init_distributed(
+            cfg.distributed.backend, cfg.train.device, cfg.distributed.timeout_minutes
+        )
+        results = _pretrain(cfg, overwrite, resume, verbose, device)
+    except GroundupError as exc:
+        # no teardown here: peers may still wait in a collective; torchrun ends them
+        raise du.name_rank(exc) from None
+    if owned:
+        # Trap: a DDP wrapper still alive when the group goes away can abort the process at
+        # exit ("terminate called without an active exception"): free it, then end together.
+        gc.collect()
+        du.barrier()
+        du.teardown()
+    return results
+
+
+def _pretrain(
+    cfg: PretrainConfig,
+    overwrite: bool,
+    resume: bool,
+    verbose: int,
+    rank_device: torch.device | None,
+) -> dict[str, Any]:
+    from groundup.data.shards import load_shards
+    from groundup.data.tokenizers import Tokenizer
     from groundup.data.windows import RandomWindows, SequentialWindows
     from groundup.jobs.run_dir import (
         checkpoint_config,
@@ -374,38 +456,53 @@ def run_pretrain(
     )
     from groundup.models.gpt import GPT
     from groundup.seed import set_seed
+    from groundup.train import distributed as du
     from groundup.train.callbacks import ModelCheckpoint
+    from groundup.train.checkpoint import model_tensors
     from groundup.train.hardware import measured_peak_flops
     from groundup.train.losses import SparseCategoricalCrossentropy
     from groundup.train.trainer import Trainer, resolve_device, resolve_precision
 
-    cfg = config if config is not None else load_config(PretrainConfig, config_path, overrides)
+    rank, world = du.rank(), du.world_size()
+    verbose = verbose if rank == 0 else 0
     run_dir = Path(cfg.run_dir)
-    last: Path | None = None
-    if wants_resume(
-        run_dir, cfg, resume
-    ):  # the newest complete checkpoint; a changed config is refused, fields named
-        last, best_val_loss = resume_point(run_dir, cfg)
-    else:
-        prepare_run_dir(run_dir, cfg, overwrite=overwrite)
-        best_val_loss = None
-    # Check the model section now, before minutes of tokenizer training and encoding
-    # (256 stands in for the vocabulary size the tokenizer will decide).
-    build_gpt_config(cfg.model, 256)
-    tokenizer = build_tokenizer(cfg, save_to=run_dir / "tokenizer.json", verbose=verbose)
-    index = build_shards(cfg, tokenizer, verbose=verbose)
+    built: dict[str, Any] = {}
+
+    def prepare() -> tuple[Path | None, float | None]:
+        """Rank 0's file-system work: the run directory, the tokenizer, the token shards."""
+        if wants_resume(run_dir, cfg, resume):
+            # the newest complete checkpoint; a changed config is refused, fields named
+            last, best = resume_point(run_dir, cfg)
+        else:
+            prepare_run_dir(run_dir, cfg, overwrite=overwrite)
+            last, best = None, None
+        # Check the model section now, before minutes of tokenizer training and encoding
+        # (256 stands in for the vocabulary size the tokenizer will decide).
+        build_gpt_config(cfg.model, 256)
+        built["tokenizer"] = build_tokenizer(
+            cfg, save_to=run_dir / "tokenizer.json", verbose=verbose
+        )
+        built["index"] = build_shards(cfg, built["tokenizer"], verbose=verbose)
+        return last, best
+
+    last, best_val_loss = du.main_first(prepare)
+    if rank == 0:
+        tokenizer, index = built["tokenizer"], built["index"]
+    else:  # what rank 0 wrote (for several nodes: run_dir on a shared file system)
+        tokenizer = Tokenizer.load(run_dir / "tokenizer.json")
+        index = load_shards(shards_dir(cfg))
     gpt_cfg = build_gpt_config(cfg.model, tokenizer.vocab_size)
     tokenizer.check_fits(gpt_cfg.vocab_size)
     index.check_block_size(gpt_cfg.block_size)
-    grad_accum = loop_batches(cfg, gpt_cfg.block_size)
+    batch_size, grad_accum = split_global_batch(cfg, gpt_cfg.block_size, world)
 
-    device = resolve_device(cfg.train.device)
+    device = rank_device if rank_device is not None else resolve_device(cfg.train.device)
     autocast = resolve_precision(cfg.train.precision, device)
     compute_dtype = autocast or torch.float32
     # Trap: the first measurement in a process draws random matrices. Seeding after it keeps
     # the init and dropout streams the same whether or not a run came earlier in the process.
     peak = measured_peak_flops(device.type, compute_dtype)
-    set_seed(cfg.seed)
+    set_seed(cfg.seed)  # the same on every rank: FSDP2 shards each rank's own copy of the init
     model = GPT(gpt_cfg)
     flops_per_token = model.flops_per_token()
     if verbose:
@@ -442,12 +539,27 @@ def run_pretrain(
         nan_policy=t.nan_policy,
         keep_last=t.keep_last,
         config=checkpoint_config(cfg),
+        strategy=cfg.distributed.strategy,
+        activation_checkpointing=cfg.distributed.activation_checkpointing,
     )
+    if verbose and du.active():
+        print(
+            f"distributed: {world} rank(s), backend {du.backend()}, strategy "
+            f"{trainer.strategy}; global batch {world * batch_size * grad_accum} sequences = "
+            f"{world} rank(s) x {batch_size} x {grad_accum} micro-step(s)",
+            flush=True,
+        )
     train = RandomWindows(
-        index.train, gpt_cfg.block_size, t.batch_size, seed=cfg.seed, device=device
+        index.train,
+        gpt_cfg.block_size,
+        batch_size,
+        seed=cfg.seed,
+        device=device,
+        rank=rank,
+        world_size=world,
     )
     val = SequentialWindows(
-        index.val, gpt_cfg.block_size, t.batch_size, max_batches=t.eval_batches, device=device
+        index.val, gpt_cfg.block_size, batch_size, max_batches=t.eval_batches, device=device
     )
     trainer.fit(
         train,
@@ -456,18 +568,27 @@ def run_pretrain(
         eval_every=t.eval_every,
         resume_from=last,
     )
-    model_dir = save_model_dir(run_dir / "model", model, tokenizer)
+    tensors = model_tensors(model)  # FSDP2: gathered onto rank 0 (a collective)
+    model_dir = run_dir / "model"
+    if rank == 0:
+        save_model_dir(model_dir, model, tokenizer, tensors)
     final = trainer.evaluate(
-        SequentialWindows(index.val, gpt_cfg.block_size, t.batch_size, device=device), prefix="val_"
+        SequentialWindows(index.val, gpt_cfg.block_size, batch_size, device=device),
+        prefix="val_",
     )
-    results = {
+    results: dict[str, Any] = {
         "steps": trainer.step,
         "tokens": trainer.tokens_seen,
         "params": model.num_params(),
         "final_val_loss": final.get("val_loss"),
         "final_val_perplexity": final.get("val_perplexity"),
-        **_throughput(run_dir / "metrics.jsonl"),
     }
+    if rank != 0:
+        du.barrier()  # rank 0 writes the results and samples; the ranks end together
+        return {**results, "sample": ""}
+    results.update(_throughput(run_dir / "metrics.jsonl"))
+    if world > 1:
+        results["world_size"] = world
     (run_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     if verbose:
         print(
@@ -476,7 +597,10 @@ def run_pretrain(
             flush=True,
         )
         print("--- sample ---", flush=True)
-    results["sample"] = sample_text(model, tokenizer, cfg.sample, stream=bool(verbose))
+    # a sharded model cannot run alone on rank 0: sample from the saved full copy
+    sampler = load_model_dir(model_dir, device=device)[0] if trainer.strategy == "fsdp" else model
+    results["sample"] = sample_text(sampler, tokenizer, cfg.sample, stream=bool(verbose))
+    du.barrier()
     return results
 
 

@@ -121,8 +121,12 @@ def checkpoint_config(config: Any) -> dict[str, Any]:
     return _comparable(to_dict(config))
 
 
+# How to start and where to run, not what to train: these may change between a run and its
+# resume (another number of GPUs, DDP instead of FSDP2, activation checkpointing on or off).
+NOT_COMPARED = ("resume", "distributed")
+
+
 def _comparable(config: Any) -> Any:
-    """`resume` says how to start, not what to train: it may change between runs."""
     if isinstance(config, dict):
-        return {k: v for k, v in config.items() if k != "resume"}
+        return {k: v for k, v in config.items() if k not in NOT_COMPARED}
     return config

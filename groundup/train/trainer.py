@@ -17,6 +17,18 @@ Reliability:
   would sync the device every step, so "stop"/"rollback" check only at log steps, where the
   loss is read anyway (detection can lag up to `log_every` steps; rollback then restores the
   newest checkpoint); "skip" must decide before the optimizer step, so it syncs every step.
+
+Several ranks (torchrun; see groundup.train.distributed), `strategy` "ddp" or "fsdp":
+- The step's item count is all-reduced first, so every token weighs 1 / (global count) as in one
+  process; DDP and FSDP average gradients over the ranks, so each rank's loss is multiplied by
+  the world size to undo that. Gradients are reduced only on the step's last micro-batch.
+- The step loss and an "a rank was signalled" flag travel in one all-reduce after backward, so
+  the non-finite checks and SIGINT/SIGTERM stops agree on every rank (every step on the CPU; on
+  GPUs at log steps, like the NaN check). Clipping sees the global norm.
+- Rank 0 alone writes metrics.jsonl and shows progress; evaluation splits the batches over the
+  ranks and all-reduces the sums. Checkpoints: DDP's state is replicated, so rank 0 writes the
+  usual safetensors checkpoint; FSDP2 writes a sharded torch.distributed.checkpoint.
+- With one process (no torchrun) none of this runs: no collective, no extra work per step.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ import torch
 from torch import nn
 
 from groundup.errors import ConfigError, TrainingError, TrainingInterrupted
+from groundup.train import distributed as dist_utils
 from groundup.train.batches import Batch
 from groundup.train.callbacks import Callback, CallbackList, ProgressBar
 from groundup.train.checkpoint import (
@@ -43,7 +56,10 @@ from groundup.train.checkpoint import (
     find_latest,
     load_checkpoint,
     save_checkpoint,
+    save_sharded_checkpoint,
+    save_sharded_step_checkpoint,
     save_step_checkpoint,
+    step_dir_name,
     unwrap,
 )
 from groundup.train.history import History
@@ -146,6 +162,8 @@ class Trainer:
         nan_policy: str = "stop",
         keep_last: int | None = 3,
         config: dict[str, Any] | None = None,
+        strategy: str = "none",
+        activation_checkpointing: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError(f"Trainer needs a torch.nn.Module, got {type(model).__name__}")
@@ -165,6 +183,28 @@ class Trainer:
             raise ConfigError(f"keep_last must be >= 1 (or null to keep all), got {keep_last}")
         self.device = resolve_device(device)
         self.model = model.to(self.device)
+        self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
+        if activation_checkpointing:
+            dist_utils.apply_activation_checkpointing(self.model)
+        self.strategy = dist_utils.resolve_strategy(strategy, self.model, self.device)
+        self._ddp: nn.Module | None = None
+        if self.strategy != "none":
+            if forward is not None:
+                raise ConfigError(
+                    f"strategy {self.strategy} trains through the model's own forward; "
+                    "drop the custom forward= function"
+                )
+            if self.strategy == "fsdp" and isinstance(optimizer, torch.optim.Optimizer):
+                raise ConfigError(
+                    "strategy fsdp shards the parameters after the Trainer gets the model; pass "
+                    "the optimizer by name (optimizer='adamw'), not as a built optimizer"
+                )
+            param_dtype = resolve_precision(precision, self.device)
+            self.model, self._ddp = dist_utils.wrap_model(
+                self.model, self.strategy, self.device, param_dtype
+            )
+        if self.rank != 0:
+            verbose = 0  # progress and messages on rank 0 only
         self.loss_fn: Loss = get_loss(loss)
         self._optimizer_spec = optimizer
         self._optimizer_overrides = {
@@ -183,7 +223,7 @@ class Trainer:
         self.precision = precision
         self.compile = compile
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self._forward_fn = forward if forward is not None else self.model
+        self._forward_fn = forward if forward is not None else (self._ddp or self.model)
         self._forward = self._forward_fn
         self.output_transform = output_transform
         self.regularizer = regularizer
@@ -217,6 +257,7 @@ class Trainer:
         self._train_data: Any = None
         self.has_validation = False
         self._micro_share = 1.0  # this micro-batch's item count (scales a per-step penalty)
+        self._stop_flag: torch.Tensor | None = None  # several ranks: any rank signalled
 
     # ---------------------------------------------------------------- setup
     def build_optimizer(self) -> torch.optim.Optimizer:
@@ -264,7 +305,9 @@ class Trainer:
     def train_step(self, micro_batches: list[Batch]) -> torch.Tensor:
         """One optimizer step over `micro_batches`; returns the step's mean loss (a tensor)."""
         optimizer = self.optimizer
-        if len(micro_batches) == 1:
+        if self.world_size > 1:
+            step_loss = self._distributed_backward(micro_batches)
+        elif len(micro_batches) == 1:
             batch = micro_batches[0]
             with self._autocast():
                 loss, outputs = self.compute_loss(batch)
@@ -286,6 +329,8 @@ class Trainer:
         norm = None
         if self.clip_grad_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+            if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor holding the global norm
+                norm = norm.full_tensor()
         self._step_skipped = False
         if self._check_every_step and not self._finite(step_loss, norm):
             optimizer.zero_grad(set_to_none=True)
@@ -294,6 +339,43 @@ class Trainer:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return step_loss
+
+    def _distributed_backward(self, micro_batches: list[Batch]) -> torch.Tensor:
+        """Forward/backward over several ranks; returns the global step loss (all ranks equal)."""
+        counts = [self.loss_fn.count(b[1]) for b in micro_batches]
+        total = torch.as_tensor(sum(counts), device=self.device).clone()
+        dist_utils.all_reduce_sum(total)  # the step's item count over every rank
+        step_loss = torch.zeros((), device=self.device)
+        last = len(micro_batches) - 1
+        for i, (batch, count) in enumerate(zip(micro_batches, counts)):
+            sync = (
+                dist_utils.set_gradient_sync(self.model, self._ddp, i == last)
+                if last
+                else contextlib.nullcontext()
+            )
+            with sync:
+                self._micro_share = count * 1.0
+                with self._autocast():
+                    loss_sum, outputs = self.compute_loss(batch, reduction="sum")
+                    loss = loss_sum / total
+                # DDP/FSDP average the ranks' gradients; the count is global, so sum them
+                (loss * self.world_size).backward()
+            self._update_metrics(outputs, batch[1])
+            step_loss += loss.detach()
+        signalled = torch.full((), float(self._signal or 0), device=self.device)
+        both = dist_utils.all_reduce_sum(torch.stack([step_loss.float(), signalled]))
+        self._stop_flag = both[1]
+        return both[0]
+
+    def _agree_on_stop(self) -> None:
+        """Several ranks: stop together when any rank got SIGINT/SIGTERM (one step late at most
+        on the CPU; at the next log step on GPUs, where reading the flag costs a sync)."""
+        if self._stop_flag is None:
+            return
+        if self._check_every_step or self.step % self.log_every == 0:
+            if float(self._stop_flag) > 0:
+                self._signal = self._signal or signal.SIGTERM
+                self.stop_training = True
 
     @property
     def _check_every_step(self) -> bool:
@@ -390,6 +472,13 @@ class Trainer:
         if max_steps is not None:
             budget.append(max_steps)
         self.epochs = epochs if self.steps_per_epoch is not None else None
+        if self.world_size > 1 and getattr(train, "world_size", None) != self.world_size:
+            raise ConfigError(
+                f"training on {self.world_size} ranks needs data that gives each rank its own "
+                "part (an object with world_size set, e.g. RandomWindows(..., rank=rank, "
+                f"world_size={self.world_size})); {type(train).__name__} would repeat the same "
+                "batches on every rank"
+            )
         self._train_data = train
         self.has_validation = val is not None
 
@@ -430,10 +519,14 @@ class Trainer:
         previous: dict[int, Any] = {}
 
         def handler(signum: int, frame: Any) -> None:
-            if self._signal is not None:  # a second signal: stop now, without a checkpoint
-                raise KeyboardInterrupt
+            if self._signal is not None:
+                if self.world_size > 1:
+                    return  # torchrun forwards the terminal's signal: the ranks still save
+                raise KeyboardInterrupt  # a second signal: stop now, without a checkpoint
             self._signal = signum
-            self.stop_training = True
+            if self.world_size == 1:
+                self.stop_training = True
+            # several ranks: _agree_on_stop stops every rank at the same step
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -485,14 +578,16 @@ class Trainer:
                     continue
                 loss = self.train_step(micro)
                 x = micro[0][0]
-                n_samples = x.shape[0] * len(micro)
+                n_samples = x.shape[0] * len(micro) * self.world_size
                 self.samples_seen += n_samples
                 if x.dtype in (torch.int64, torch.int32) and x.dim() == 2:
-                    self.tokens_seen += x.numel() * len(micro)
+                    self.tokens_seen += x.numel() * len(micro) * self.world_size
                 window_items += n_samples
                 micro = []
                 self.step += 1
                 self.step_in_epoch += 1
+                if self.world_size > 1:
+                    self._agree_on_stop()
                 if not self._step_skipped:  # a dropped step's NaN stays out of the means
                     self.last_loss = loss
                     step_losses.append(loss)
@@ -574,7 +669,9 @@ class Trainer:
         else:
             logs["samples_per_s"] = items / elapsed
         if self.flops_per_sample and self.peak_flops:
-            logs["mfu"] = items * self.flops_per_sample / elapsed / self.peak_flops
+            # items count every rank's samples; the peak is one device's
+            peak = self.peak_flops * self.world_size
+            logs["mfu"] = items * self.flops_per_sample / elapsed / peak
         callbacks.call("on_log", self, logs)
         self._write_metrics({"event": "train", "step": self.step, "epoch": self.epoch, **logs})
 
@@ -583,7 +680,14 @@ class Trainer:
     def evaluate(
         self, data: Iterable[Batch], max_batches: int | None = None, prefix: str = ""
     ) -> dict[str, float]:
-        """Mean loss (over items, not batches) and metrics on `data`."""
+        """Mean loss (over items, not batches) and metrics on `data`.
+
+        Several ranks: without metrics, rank r evaluates batches r, r + N, ... and the sums are
+        all-reduced (ranks short of a batch in the last round run a throwaway one, as FSDP needs
+        every rank in every forward); with metrics, every rank evaluates every batch.
+        """
+        if self.world_size > 1 and not self.metrics:
+            return self._evaluate_sharded(data, max_batches, prefix)
         was_training = self.model.training
         self.model.eval()
         metrics = [_fresh(m) for m in self.metrics]
@@ -612,6 +716,45 @@ class Trainer:
             logs[f"{prefix}perplexity"] = math.exp(min(logs[f"{prefix}loss"], 700.0))
         for m in metrics:
             logs[f"{prefix}{m.name}"] = m.compute()
+        return logs
+
+    @torch.no_grad()
+    def _evaluate_sharded(
+        self, data: Iterable[Batch], max_batches: int | None, prefix: str
+    ) -> dict[str, float]:
+        was_training = self.model.training
+        self.model.eval()
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, item count
+        world, rank = self.world_size, self.rank
+        chunk: list[Batch] = []
+
+        def run(chunk: list[Batch]) -> None:
+            mine = rank < len(chunk)
+            batch = self._to_device(chunk[rank] if mine else chunk[0])
+            with self._autocast():
+                outputs = self._forward(batch[0])
+                loss_sum = self.loss_fn.sum(outputs, batch[1]).double()
+            if mine:
+                sums[0] += loss_sum
+                sums[1] += float(self.loss_fn.count(batch[1]))
+
+        for i, batch in enumerate(data):
+            if max_batches is not None and i >= max_batches:
+                break
+            chunk.append(batch)
+            if len(chunk) == world:
+                run(chunk)
+                chunk = []
+        if chunk:
+            run(chunk)
+        dist_utils.all_reduce_sum(sums)
+        self.model.train(was_training)
+        total, count = float(sums[0]), float(sums[1])
+        if count == 0:
+            return {}
+        logs = {f"{prefix}loss": total / count}
+        if self.report_perplexity:
+            logs[f"{prefix}perplexity"] = math.exp(min(logs[f"{prefix}loss"], 700.0))
         return logs
 
     @torch.no_grad()
@@ -649,8 +792,18 @@ class Trainer:
         return state
 
     def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """Write a checkpoint directory at `path` (replacing one there)."""
-        path = save_checkpoint(path, unwrap(self.model), self.optimizer, self._state_payload(extra))
+        """Write a checkpoint directory at `path` (replacing one there). Several ranks: every
+        rank must call it (FSDP2 ranks each write their shards; DDP's rank 0 writes)."""
+        payload = self._state_payload(extra)
+        if self.strategy == "fsdp":
+            path = save_sharded_checkpoint(path, self.model, self.optimizer, payload)
+        elif self.world_size > 1:
+            if self.rank == 0:
+                save_checkpoint(path, unwrap(self.model), self.optimizer, payload)
+            dist_utils.barrier()
+            path = Path(path)
+        else:
+            path = save_checkpoint(path, unwrap(self.model), self.optimizer, payload)
         for cb in self.user_callbacks:
             cb.on_save(self, path)
         return path
@@ -664,14 +817,23 @@ class Trainer:
             if self.run_dir is None:
                 raise ConfigError("saving a checkpoint needs a run_dir (or a directory)")
             directory = self.run_dir / "checkpoints"
-        path = save_step_checkpoint(
-            directory,
-            self.step,
-            unwrap(self.model),
-            self.optimizer,
-            self._state_payload(None),
-            keep_last=keep_last if keep_last is not None else self.keep_last,
-        )
+        keep = keep_last if keep_last is not None else self.keep_last
+        payload = self._state_payload(None)
+        if self.strategy == "fsdp":
+            path = save_sharded_step_checkpoint(
+                directory, self.step, self.model, self.optimizer, payload, keep_last=keep
+            )
+        elif self.world_size > 1:  # DDP: the state is the same on every rank
+            if self.rank == 0:
+                save_step_checkpoint(
+                    directory, self.step, unwrap(self.model), self.optimizer, payload, keep
+                )
+            dist_utils.barrier()
+            path = Path(directory) / step_dir_name(self.step)
+        else:
+            path = save_step_checkpoint(
+                directory, self.step, unwrap(self.model), self.optimizer, payload, keep_last=keep
+            )
         for cb in self.user_callbacks:
             cb.on_save(self, path)
         return path
@@ -711,7 +873,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- logging
     def _open_metrics_file(self) -> None:
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._metrics_file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
 
