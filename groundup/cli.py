@@ -39,7 +39,11 @@ def _prepare(args: argparse.Namespace) -> None:
     run_prepare(args.config, args.overrides)
 
 
-def _pretrain(args: argparse.Namespace) -> None:
+def _pretrain(args: argparse.Namespace) -> int | None:
+    if args.nproc is not None:  # one machine, N processes: torchrun re-runs this command
+        from groundup.train.distributed import launch_torchrun
+
+        return launch_torchrun(sys.argv[1:], args.nproc)
     from groundup.jobs.pretrain import run_pretrain
 
     run_pretrain(args.config, args.overrides, overwrite=args.overwrite, resume=args.resume)
@@ -125,6 +129,17 @@ def _add_pretrain_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_distributed_args(parser: argparse.ArgumentParser) -> None:
+    _add_pretrain_args(parser)
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        help="start torchrun with N processes on this machine (one per GPU); for several "
+        "nodes run torchrun yourself (see the README)",
+    )
+
+
 def _add_generate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "run", help="a run directory (pretrain, finetune), its model/ folder or a HF folder"
@@ -192,7 +207,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
         _tokenizer,
     ),
     "prepare": ("encode a corpus into memory-mapped token shards", _add_config_only, _prepare),
-    "pretrain": ("pretrain a GPT from scratch on token shards", _add_pretrain_args, _pretrain),
+    "pretrain": ("pretrain a GPT from scratch on token shards", _add_distributed_args, _pretrain),
     "finetune": (
         "fine-tune a pretrained model (full or LoRA): causal LM, SFT, classification",
         _add_pretrain_args,
@@ -238,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        args.handler(args)
+        code = args.handler(args)
     except TrainingInterrupted as exc:
         resume = f"groundup {args.command} {getattr(args, 'config', '')} --resume".replace(
             "  ", " "
@@ -252,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -108,11 +108,16 @@ def test_every_shipped_config_loads(path) -> None:
 
 
 def config_class_for(name: str) -> type:
-    """configs/ naming: `pretrain-*.yaml` for `groundup pretrain`, the rest for `groundup train`."""
+    """configs/ naming: `pretrain-*.yaml` for `groundup pretrain`, `finetune-*.yaml` for
+    `groundup finetune`, the rest for `groundup train`."""
     if name.startswith("pretrain-"):
         from groundup.jobs.pretrain import PretrainConfig
 
         return PretrainConfig
+    if name.startswith("finetune-"):
+        from groundup.jobs.finetune import FinetuneConfig
+
+        return FinetuneConfig
     return TrainJobConfig
 
 

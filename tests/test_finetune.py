@@ -217,8 +217,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path, base_gpt: Path) -> None:
     with pytest.raises(ConfigError, match="data.builtin"):
         from_dict(
             FinetuneConfig,
-            {"base": {"path": "x"}, "task": "sft", "data": {"train": "x", "builtin": "y"}},
+            {"base": {"path": "x"}, "task": "causal_lm", "data": {"builtin": "stdlib-qa"}},
         )
+    with pytest.raises(ConfigError, match="needs data"):
+        from_dict(FinetuneConfig, {"base": {"path": "x"}, "task": "classification"})
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hi", "answer": "yo"}\n', encoding="utf-8")
     cfg = config(tmp_path, base_gpt, task="sft", data={"train": str(bad)})

@@ -369,7 +369,7 @@ def test_bad_pretrain_input_is_one_line_exit_2(case, tmp_path, capsys) -> None:
 
 def test_generate_without_a_model_is_one_line_exit_2(tmp_path, capsys) -> None:
     assert main(["generate", str(tmp_path), "--prompt", "x", "--device", "cpu"]) == 2
-    assert "no model in" in error_line(capsys)
+    assert "no config.json in" in error_line(capsys)
 
 
 def test_a_run_dir_holding_another_run_is_refused(tmp_path, capsys) -> None:
