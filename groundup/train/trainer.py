@@ -18,17 +18,9 @@ Reliability:
   loss is read anyway (detection can lag up to `log_every` steps; rollback then restores the
   newest checkpoint); "skip" must decide before the optimizer step, so it syncs every step.
 
-Several ranks (torchrun; see groundup.train.distributed), `strategy` "ddp" or "fsdp":
-- The step's item count is all-reduced first, so every token weighs 1 / (global count) as in one
-  process; DDP and FSDP average gradients over the ranks, so each rank's loss is multiplied by
-  the world size to undo that. Gradients are reduced only on the step's last micro-batch.
-- The step loss and an "a rank was signalled" flag travel in one all-reduce after backward, so
-  the non-finite checks and SIGINT/SIGTERM stops agree on every rank (every step on the CPU; on
-  GPUs at log steps, like the NaN check). Clipping sees the global norm.
-- Rank 0 alone writes metrics.jsonl and shows progress; evaluation splits the batches over the
-  ranks and all-reduces the sums. Checkpoints: DDP's state is replicated, so rank 0 writes the
-  usual safetensors checkpoint; FSDP2 writes a sharded torch.distributed.checkpoint.
-- With one process (no torchrun) none of this runs: no collective, no extra work per step.
+Several ranks (torchrun, `strategy` "ddp" or "fsdp"): the step's item count and loss are
+all-reduced so training matches one process, and the ranks agree on stops; the details are in
+groundup.train.data_parallel. With one process none of it runs: no collective, no extra work.
 """
 
 from __future__ import annotations
@@ -38,7 +30,6 @@ import copy
 import json
 import math
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -48,72 +39,35 @@ import torch
 from torch import nn
 
 from groundup.errors import ConfigError, TrainingError, TrainingInterrupted
+from groundup.train import data_parallel
 from groundup.train import distributed as dist_utils
 from groundup.train.batches import Batch
 from groundup.train.callbacks import Callback, CallbackList, ProgressBar
-from groundup.train.checkpoint import (
-    check_config,
-    find_latest,
-    load_checkpoint,
-    save_checkpoint,
-    save_sharded_checkpoint,
-    save_sharded_step_checkpoint,
-    save_step_checkpoint,
-    step_dir_name,
-    unwrap,
-)
+from groundup.train.checkpoint import check_config, find_latest, load_checkpoint, unwrap
+from groundup.train.device import PRECISIONS, bf16_supported, resolve_device, resolve_precision
+from groundup.train.fit_plan import plan_fit
 from groundup.train.history import History
 from groundup.train.losses import Loss, get_loss
 from groundup.train.metrics import Metric, get_metric
 from groundup.train.optim import build_optimizer
+from groundup.train.run_log import MetricsLog, rate_logs
 from groundup.train.schedules import ConstantSchedule, Schedule, build_schedule
+from groundup.train.stop_signals import install_stop_handlers, restore_handlers
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# resolve_device / resolve_precision were defined here first: importable from here still
+__all__ = [
+    "NAN_POLICIES",
+    "PRECISIONS",
+    "Trainer",
+    "bf16_supported",
+    "resolve_device",
+    "resolve_precision",
+]
+
 NAN_POLICIES = ("stop", "skip", "rollback")
 NAN_HINT = (
     "lower the learning rate, enable clip_grad_norm (e.g. 1.0), or check the data for NaN/inf"
 )
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else the CPU."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"unknown device '{device}'; use auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but no CUDA GPU is available; use device: auto")
-    return dev
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """True where bf16 matmuls run natively (CUDA with bf16, CPUs with AVX-512 BF16 / AMX)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-        try:
-            return bool(check()) if check is not None else False
-        except RuntimeError:
-            return False
-    return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision`, or None for plain fp32."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "fp32":
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if bf16_supported(device) else None
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
-    return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
 class Trainer:
@@ -184,25 +138,15 @@ class Trainer:
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
-        if activation_checkpointing:
-            dist_utils.apply_activation_checkpointing(self.model)
-        self.strategy = dist_utils.resolve_strategy(strategy, self.model, self.device)
-        self._ddp: nn.Module | None = None
-        if self.strategy != "none":
-            if forward is not None:
-                raise ConfigError(
-                    f"strategy {self.strategy} trains through the model's own forward; "
-                    "drop the custom forward= function"
-                )
-            if self.strategy == "fsdp" and isinstance(optimizer, torch.optim.Optimizer):
-                raise ConfigError(
-                    "strategy fsdp shards the parameters after the Trainer gets the model; pass "
-                    "the optimizer by name (optimizer='adamw'), not as a built optimizer"
-                )
-            param_dtype = resolve_precision(precision, self.device)
-            self.model, self._ddp = dist_utils.wrap_model(
-                self.model, self.strategy, self.device, param_dtype
-            )
+        self.strategy, self.model, self._ddp = data_parallel.prepare_model(
+            self.model,
+            strategy,
+            self.device,
+            precision,
+            activation_checkpointing=activation_checkpointing,
+            custom_forward=forward is not None,
+            optimizer=optimizer,
+        )
         if self.rank != 0:
             verbose = 0  # progress and messages on rank 0 only
         self.loss_fn: Loss = get_loss(loss)
@@ -253,7 +197,7 @@ class Trainer:
         self.total_steps: int | None = None
         self.steps_per_epoch: int | None = None
         self.history = History()
-        self._metrics_file: Any = None
+        self._metrics_log = MetricsLog()  # metrics.jsonl, open during fit() on rank 0
         self._train_data: Any = None
         self.has_validation = False
         self._micro_share = 1.0  # this micro-batch's item count (scales a per-step penalty)
@@ -343,17 +287,11 @@ class Trainer:
     def _distributed_backward(self, micro_batches: list[Batch]) -> torch.Tensor:
         """Forward/backward over several ranks; returns the global step loss (all ranks equal)."""
         counts = [self.loss_fn.count(b[1]) for b in micro_batches]
-        total = torch.as_tensor(sum(counts), device=self.device).clone()
-        dist_utils.all_reduce_sum(total)  # the step's item count over every rank
+        total = data_parallel.global_item_count(counts, self.device)
         step_loss = torch.zeros((), device=self.device)
         last = len(micro_batches) - 1
         for i, (batch, count) in enumerate(zip(micro_batches, counts)):
-            sync = (
-                dist_utils.set_gradient_sync(self.model, self._ddp, i == last)
-                if last
-                else contextlib.nullcontext()
-            )
-            with sync:
+            with data_parallel.micro_batch_sync(self.model, self._ddp, i, last):
                 self._micro_share = count * 1.0
                 with self._autocast():
                     loss_sum, outputs = self.compute_loss(batch, reduction="sum")
@@ -362,10 +300,10 @@ class Trainer:
                 (loss * self.world_size).backward()
             self._update_metrics(outputs, batch[1])
             step_loss += loss.detach()
-        signalled = torch.full((), float(self._signal or 0), device=self.device)
-        both = dist_utils.all_reduce_sum(torch.stack([step_loss.float(), signalled]))
-        self._stop_flag = both[1]
-        return both[0]
+        step_loss, self._stop_flag = data_parallel.agree_loss_and_signal(
+            step_loss, self._signal, self.device
+        )
+        return step_loss
 
     def _agree_on_stop(self) -> None:
         """Several ranks: stop together when any rank got SIGINT/SIGTERM (one step late at most
@@ -444,50 +382,24 @@ class Trainer:
     ) -> History:
         """Train for `epochs` passes over `train` or `max_steps` optimizer steps (or both: the
         first reached). Validation runs at each epoch end, or every `eval_every` steps."""
-        if epochs is not None and (not isinstance(epochs, int) or epochs < 0):
-            raise ConfigError(f"epochs must be a non-negative integer, got {epochs!r}")
-        if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 0):
-            raise ConfigError(f"max_steps must be a non-negative integer, got {max_steps!r}")
-        if eval_every is not None and eval_every < 1:
-            raise ConfigError(f"eval_every must be >= 1 (or null), got {eval_every}")
-        try:
-            batches_per_epoch = len(train)  # type: ignore[arg-type]
-        except TypeError:
-            batches_per_epoch = None  # an endless stream (random windows): steps only
-        if batches_per_epoch is None and max_steps is None:
-            raise ConfigError("this data source never ends: set max_steps (optimizer steps)")
-        if epochs is None and max_steps is None:
-            epochs = 1
-        self.steps_per_epoch = (
-            max(1, batches_per_epoch // self.grad_accum) if batches_per_epoch else None
+        plan = plan_fit(
+            train,
+            epochs=epochs,
+            max_steps=max_steps,
+            eval_every=eval_every,
+            grad_accum=self.grad_accum,
+            world_size=self.world_size,
         )
-        if batches_per_epoch is not None and batches_per_epoch < self.grad_accum:
-            raise ConfigError(
-                f"grad_accum {self.grad_accum} needs at least that many batches per epoch, "
-                f"the data gives {batches_per_epoch}; lower grad_accum or the batch size"
-            )
-        budget = []
-        if epochs is not None and self.steps_per_epoch is not None:
-            budget.append(epochs * self.steps_per_epoch)
-        if max_steps is not None:
-            budget.append(max_steps)
-        self.epochs = epochs if self.steps_per_epoch is not None else None
-        if self.world_size > 1 and getattr(train, "world_size", None) != self.world_size:
-            raise ConfigError(
-                f"training on {self.world_size} ranks needs data that gives each rank its own "
-                "part (an object with world_size set, e.g. RandomWindows(..., rank=rank, "
-                f"world_size={self.world_size})); {type(train).__name__} would repeat the same "
-                "batches on every rank"
-            )
+        self.steps_per_epoch, self.epochs = plan.steps_per_epoch, plan.epochs
         self._train_data = train
         self.has_validation = val is not None
 
         self.build_optimizer()
         if resume_from is not None:
             self.load_checkpoint(resume_from)  # the budget counts from the run's first step
-            self.total_steps = min(budget)
+            self.total_steps = plan.budget
         else:  # a second fit() trains for its own budget, like Keras
-            self.total_steps = self.step + min(budget)
+            self.total_steps = self.step + plan.budget
             self.start_epoch = self.epoch
         self.schedule = build_schedule(self.schedule_spec, self.total_steps)
         if self.compile and self._forward is self._forward_fn:
@@ -495,9 +407,9 @@ class Trainer:
 
         callbacks = CallbackList(self._callbacks())
         self.stop_training = False
-        self._open_metrics_file()
+        self._metrics_log.open(self.run_dir, self.rank)
         self._signal = None
-        previous = self._install_signal_handlers()
+        previous = install_stop_handlers(self._on_stop_signal)
         callbacks.call("on_train_begin", self)
         try:
             self._run(train, val, callbacks, eval_every, eval_batches, checkpoint_every)
@@ -505,40 +417,21 @@ class Trainer:
                 saved = self.save_step_checkpoint() if self.run_dir is not None else None
                 raise TrainingInterrupted(self.step, saved, self._signal)
         finally:
-            self._restore_signal_handlers(previous)
+            restore_handlers(previous)
             callbacks.call("on_train_end", self)
-            self._close_metrics_file()
+            self._metrics_log.close()
         return self.history
 
-    def _install_signal_handlers(self) -> dict[int, Any]:
-        """SIGINT/SIGTERM set a flag the loop reads at the next step boundary.
-
-        Python only allows handlers in the main thread; elsewhere the defaults stay."""
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        previous: dict[int, Any] = {}
-
-        def handler(signum: int, frame: Any) -> None:
-            if self._signal is not None:
-                if self.world_size > 1:
-                    return  # torchrun forwards the terminal's signal: the ranks still save
-                raise KeyboardInterrupt  # a second signal: stop now, without a checkpoint
-            self._signal = signum
-            if self.world_size == 1:
-                self.stop_training = True
-            # several ranks: _agree_on_stop stops every rank at the same step
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                previous[sig] = signal.signal(sig, handler)
-            except (ValueError, OSError):  # not allowed here (embedded interpreter)
-                pass
-        return previous
-
-    @staticmethod
-    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        """SIGINT/SIGTERM during fit(): stop at the next step boundary (fit saves, then raises)."""
+        if self._signal is not None:
+            if self.world_size > 1:
+                return  # torchrun forwards the terminal's signal: the ranks still save
+            raise KeyboardInterrupt  # a second signal: stop now, without a checkpoint
+        self._signal = signum
+        if self.world_size == 1:
+            self.stop_training = True
+        # several ranks: _agree_on_stop stops every rank at the same step
 
     def _callbacks(self) -> list[Callback]:
         cbs = list(self.user_callbacks)
@@ -663,15 +556,17 @@ class Trainer:
         logs: dict[str, float] = {"loss": loss, "lr": self.optimizer.param_groups[0]["lr"]}
         if self.skipped_steps:
             logs["skipped_steps"] = self.skipped_steps
-        if self.tokens_seen:
-            per_sample = self.tokens_seen / max(self.samples_seen, 1)
-            logs["tokens_per_s"] = items * per_sample / elapsed
-        else:
-            logs["samples_per_s"] = items / elapsed
-        if self.flops_per_sample and self.peak_flops:
-            # items count every rank's samples; the peak is one device's
-            peak = self.peak_flops * self.world_size
-            logs["mfu"] = items * self.flops_per_sample / elapsed / peak
+        logs.update(
+            rate_logs(
+                items,
+                elapsed,
+                samples_seen=self.samples_seen,
+                tokens_seen=self.tokens_seen,
+                world_size=self.world_size,
+                flops_per_sample=self.flops_per_sample,
+                peak_flops=self.peak_flops,
+            )
+        )
         callbacks.call("on_log", self, logs)
         self._write_metrics({"event": "train", "step": self.step, "epoch": self.epoch, **logs})
 
@@ -725,28 +620,15 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, item count
-        world, rank = self.world_size, self.rank
-        chunk: list[Batch] = []
-
-        def run(chunk: list[Batch]) -> None:
-            mine = rank < len(chunk)
-            batch = self._to_device(chunk[rank] if mine else chunk[0])
+        shares = data_parallel.round_robin(data, max_batches, self.rank, self.world_size)
+        for batch, mine in shares:  # not mine: a throwaway forward (FSDP needs every rank)
+            batch = self._to_device(batch)
             with self._autocast():
                 outputs = self._forward(batch[0])
                 loss_sum = self.loss_fn.sum(outputs, batch[1]).double()
             if mine:
                 sums[0] += loss_sum
                 sums[1] += float(self.loss_fn.count(batch[1]))
-
-        for i, batch in enumerate(data):
-            if max_batches is not None and i >= max_batches:
-                break
-            chunk.append(batch)
-            if len(chunk) == world:
-                run(chunk)
-                chunk = []
-        if chunk:
-            run(chunk)
         dist_utils.all_reduce_sum(sums)
         self.model.train(was_training)
         total, count = float(sums[0]), float(sums[1])
@@ -794,16 +676,9 @@ class Trainer:
     def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write a checkpoint directory at `path` (replacing one there). Several ranks: every
         rank must call it (FSDP2 ranks each write their shards; DDP's rank 0 writes)."""
-        payload = self._state_payload(extra)
-        if self.strategy == "fsdp":
-            path = save_sharded_checkpoint(path, self.model, self.optimizer, payload)
-        elif self.world_size > 1:
-            if self.rank == 0:
-                save_checkpoint(path, unwrap(self.model), self.optimizer, payload)
-            dist_utils.barrier()
-            path = Path(path)
-        else:
-            path = save_checkpoint(path, unwrap(self.model), self.optimizer, payload)
+        path = data_parallel.save_checkpoint_by_strategy(
+            path, self.model, self.optimizer, self._state_payload(extra), **self._placement
+        )
         for cb in self.user_callbacks:
             cb.on_save(self, path)
         return path
@@ -819,24 +694,16 @@ class Trainer:
             directory = self.run_dir / "checkpoints"
         keep = keep_last if keep_last is not None else self.keep_last
         payload = self._state_payload(None)
-        if self.strategy == "fsdp":
-            path = save_sharded_step_checkpoint(
-                directory, self.step, self.model, self.optimizer, payload, keep_last=keep
-            )
-        elif self.world_size > 1:  # DDP: the state is the same on every rank
-            if self.rank == 0:
-                save_step_checkpoint(
-                    directory, self.step, unwrap(self.model), self.optimizer, payload, keep
-                )
-            dist_utils.barrier()
-            path = Path(directory) / step_dir_name(self.step)
-        else:
-            path = save_step_checkpoint(
-                directory, self.step, unwrap(self.model), self.optimizer, payload, keep_last=keep
-            )
+        path = data_parallel.save_step_checkpoint_by_strategy(
+            directory, self.step, self.model, self.optimizer, payload, keep, **self._placement
+        )
         for cb in self.user_callbacks:
             cb.on_save(self, path)
         return path
+
+    @property
+    def _placement(self) -> dict[str, Any]:
+        return {"strategy": self.strategy, "rank": self.rank, "world_size": self.world_size}
 
     def _state_payload(self, extra: dict[str, Any] | None) -> dict[str, Any]:
         state = self.state()
@@ -872,20 +739,8 @@ class Trainer:
         return state
 
     # ---------------------------------------------------------------- logging
-    def _open_metrics_file(self) -> None:
-        if self.run_dir is not None and self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._metrics_file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
-
-    def _close_metrics_file(self) -> None:
-        if self._metrics_file is not None:
-            self._metrics_file.close()
-            self._metrics_file = None
-
     def _write_metrics(self, record: dict[str, Any]) -> None:
-        if self._metrics_file is not None:
-            self._metrics_file.write(json.dumps(record) + "\n")
-            self._metrics_file.flush()
+        self._metrics_log.write(record)
 
     def log_message(self, text: str) -> None:
         """A human-readable note (early stopping, resume) on the console when verbose."""

@@ -1,0 +1,165 @@
+"""The Trainer's work across ranks (torchrun; see groundup.train.distributed), strategy "ddp"
+or "fsdp":
+
+- The step's item count is all-reduced first, so every token weighs 1 / (global count) as in one
+  process; DDP and FSDP average gradients over the ranks, so each rank's loss is multiplied by
+  the world size to undo that. Gradients are reduced only on the step's last micro-batch.
+- The step loss and an "a rank was signalled" flag travel in one all-reduce after backward, so
+  the non-finite checks and SIGINT/SIGTERM stops agree on every rank (every step on the CPU; on
+  GPUs at log steps, like the NaN check). Clipping sees the global norm.
+- Rank 0 alone writes metrics.jsonl and shows progress; evaluation splits the batches over the
+  ranks and all-reduces the sums. Checkpoints: DDP's state is replicated, so rank 0 writes the
+  usual safetensors checkpoint; FSDP2 writes a sharded torch.distributed.checkpoint.
+- With one process (no torchrun) none of this runs: no collective, no extra work per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from groundup.errors import ConfigError
+from groundup.train import distributed as dist_utils
+from groundup.train.batches import Batch
+from groundup.train.checkpoint import save_checkpoint, save_step_checkpoint, unwrap
+from groundup.train.checkpoint_dirs import step_dir_name
+from groundup.train.device import resolve_precision
+from groundup.train.sharded_checkpoint import save_sharded_checkpoint, save_sharded_step_checkpoint
+
+
+# ---------------------------------------------------------------- the model
+def prepare_model(
+    model: nn.Module,
+    strategy: str,
+    device: torch.device,
+    precision: str,
+    *,
+    activation_checkpointing: bool,
+    custom_forward: bool,
+    optimizer: Any,
+) -> tuple[str, nn.Module, nn.Module | None]:
+    """Activation checkpointing (if asked), then the resolved strategy's wrapping of `model`
+    (already on `device`). Returns (strategy, model, DDP wrapper or None)."""
+    if activation_checkpointing:
+        dist_utils.apply_activation_checkpointing(model)
+    strategy = dist_utils.resolve_strategy(strategy, model, device)
+    if strategy == "none":
+        return strategy, model, None
+    if custom_forward:
+        raise ConfigError(
+            f"strategy {strategy} trains through the model's own forward; "
+            "drop the custom forward= function"
+        )
+    if strategy == "fsdp" and isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError(
+            "strategy fsdp shards the parameters after the Trainer gets the model; pass "
+            "the optimizer by name (optimizer='adamw'), not as a built optimizer"
+        )
+    param_dtype = resolve_precision(precision, device)
+    model, ddp = dist_utils.wrap_model(model, strategy, device, param_dtype)
+    return strategy, model, ddp
+
+
+# ---------------------------------------------------------------- the step
+def global_item_count(counts: Sequence[Any], device: torch.device) -> torch.Tensor:
+    """The step's item count summed over every rank (one all-reduce)."""
+    total = torch.as_tensor(sum(counts), device=device).clone()
+    dist_utils.all_reduce_sum(total)
+    return total
+
+
+def micro_batch_sync(
+    model: nn.Module, ddp: nn.Module | None, index: int, last: int
+) -> contextlib.AbstractContextManager:
+    """The context for micro-batch `index` of `last + 1`: gradients are reduced on the last one
+    only (DDP's no_sync, FSDP2's requires_gradient_sync). One micro-batch: nothing to skip."""
+    if not last:
+        return contextlib.nullcontext()
+    return dist_utils.set_gradient_sync(model, ddp, index == last)
+
+
+def agree_loss_and_signal(
+    step_loss: torch.Tensor, signal: int | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(global step loss, signalled flag > 0 when any rank got a signal), in one all-reduce."""
+    signalled = torch.full((), float(signal or 0), device=device)
+    both = dist_utils.all_reduce_sum(torch.stack([step_loss.float(), signalled]))
+    return both[0], both[1]
+
+
+# ---------------------------------------------------------------- evaluation
+def round_robin(
+    data: Iterable[Batch], max_batches: int | None, rank: int, world: int
+) -> Iterator[tuple[Batch, bool]]:
+    """This rank's share of `data`: batches rank, rank + world, ... as `(batch, True)`.
+
+    In a last, short round a rank without a batch of its own gets the round's first one as
+    `(batch, False)`: a throwaway forward, since FSDP needs every rank in every forward.
+    """
+    chunk: list[Batch] = []
+    for i, batch in enumerate(data):
+        if max_batches is not None and i >= max_batches:
+            break
+        chunk.append(batch)
+        if len(chunk) == world:
+            yield chunk[rank], True
+            chunk = []
+    if chunk:
+        mine = rank < len(chunk)
+        yield (chunk[rank] if mine else chunk[0]), mine
+
+
+# ---------------------------------------------------------------- checkpoints
+def save_checkpoint_by_strategy(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    payload: dict[str, Any],
+    *,
+    strategy: str,
+    rank: int,
+    world_size: int,
+) -> Path:
+    """FSDP2: every rank writes its shards. DDP: rank 0 writes the replicated state while the
+    others wait. One process: a plain save. Every rank must call it."""
+    if strategy == "fsdp":
+        return save_sharded_checkpoint(path, model, optimizer, payload)
+    if world_size > 1:
+        if rank == 0:
+            save_checkpoint(path, unwrap(model), optimizer, payload)
+        dist_utils.barrier()
+        return Path(path)
+    return save_checkpoint(path, unwrap(model), optimizer, payload)
+
+
+def save_step_checkpoint_by_strategy(
+    directory: str | Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    payload: dict[str, Any],
+    keep_last: int | None,
+    *,
+    strategy: str,
+    rank: int,
+    world_size: int,
+) -> Path:
+    """`save_checkpoint_by_strategy` for `<directory>/step-N`, with the `latest` pointer and
+    pruning (by rank 0)."""
+    if strategy == "fsdp":
+        return save_sharded_step_checkpoint(
+            directory, step, model, optimizer, payload, keep_last=keep_last
+        )
+    if world_size > 1:  # DDP: the state is the same on every rank
+        if rank == 0:
+            save_step_checkpoint(directory, step, unwrap(model), optimizer, payload, keep_last)
+        dist_utils.barrier()
+        return Path(directory) / step_dir_name(step)
+    return save_step_checkpoint(
+        directory, step, unwrap(model), optimizer, payload, keep_last=keep_last
+    )

@@ -1,0 +1,56 @@
+"""What a training run writes about itself: `metrics.jsonl` records and the throughput numbers
+(samples or tokens per second, MFU) of each train log line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TextIO
+
+
+class MetricsLog:
+    """`<run_dir>/metrics.jsonl`, one JSON record a line, flushed at once (a crash loses no
+    line already logged). Only rank 0 writes; without a run_dir, or closed, writes do nothing."""
+
+    def __init__(self) -> None:
+        self._file: TextIO | None = None
+
+    def open(self, run_dir: Path | None, rank: int) -> None:
+        if run_dir is not None and rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self._file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+
+
+def rate_logs(
+    items: int,
+    elapsed: float,
+    *,
+    samples_seen: int,
+    tokens_seen: int,
+    world_size: int,
+    flops_per_sample: float | None,
+    peak_flops: float | None,
+) -> dict[str, float]:
+    """Throughput over a log window of `items` samples (every rank's) in `elapsed` seconds:
+    tokens_per_s for token data, else samples_per_s; and mfu when the FLOPs are known."""
+    logs: dict[str, float] = {}
+    if tokens_seen:
+        per_sample = tokens_seen / max(samples_seen, 1)
+        logs["tokens_per_s"] = items * per_sample / elapsed
+    else:
+        logs["samples_per_s"] = items / elapsed
+    if flops_per_sample and peak_flops:
+        # items count every rank's samples; the peak is one device's
+        peak = peak_flops * world_size
+        logs["mfu"] = items * flops_per_sample / elapsed / peak
+    return logs
