@@ -49,7 +49,11 @@ def _pretrain(args: argparse.Namespace) -> int | None:
     run_pretrain(args.config, args.overrides, overwrite=args.overwrite, resume=args.resume)
 
 
-def _finetune(args: argparse.Namespace) -> None:
+def _finetune(args: argparse.Namespace) -> int | None:
+    if args.nproc is not None:  # one machine, N processes: torchrun re-runs this command
+        from groundup.train.distributed import launch_torchrun
+
+        return launch_torchrun(sys.argv[1:], args.nproc)
     from groundup.jobs.finetune import run_finetune
 
     run_finetune(args.config, args.overrides, overwrite=args.overwrite, resume=args.resume)
@@ -210,7 +214,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "pretrain": ("pretrain a GPT from scratch on token shards", _add_distributed_args, _pretrain),
     "finetune": (
         "fine-tune a pretrained model (full or LoRA): causal LM, SFT, classification",
-        _add_pretrain_args,
+        _add_distributed_args,
         _finetune,
     ),
     "evaluate": ("score a trained model on a data file", _add_evaluate_args, _evaluate),

@@ -97,10 +97,12 @@ def losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if r.get("event") == "train"}
 
 
-def assert_close(got: dict[int, float], want: dict[int, float], steps: range) -> None:
+def assert_close(
+    got: dict[int, float], want: dict[int, float], steps: range, tol: float = 1e-5
+) -> None:
     assert sorted(got) == list(steps), got
     for step in steps:
-        assert abs(got[step] - want[step]) < 1e-5, (step, got[step], want[step])
+        assert abs(got[step] - want[step]) < tol, (step, got[step], want[step])
 
 
 def rewind_to(run: Path, copy: Path, step: int) -> Path:

@@ -4,10 +4,18 @@ base model (a groundup run or a Hugging Face folder) -> task model (GPT language
 classification head on BERT/GPT) -> optional LoRA adapters -> data (text, SFT JSONL, labelled
 CSV/JSONL) -> the one `Trainer` -> a model folder, metrics and, for classifiers, a test report
 with the confusion matrix.
+
+Under torchrun (`groundup finetune CONFIG --nproc N`, or `torchrun ... -m groundup finetune
+CONFIG`) the same config runs on N ranks, as pretraining does: rank 0 prepares the run
+directory (and, for causal_lm, the token shards) while the others wait, every rank trains on
+its slice of each global batch of train.batch_size x grad_accum sequences (DDP or FSDP2, the
+`distributed:` section; LoRA uses DDP), and rank 0 writes the model folder, results and
+reports and prints the sample.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +25,10 @@ import torch
 
 from groundup.config import check, load_config
 from groundup.errors import ConfigError
+from groundup.jobs.finetune_data import Part, load_data
 from groundup.jobs.pretrain import SampleConfig
 from groundup.jobs.train import OptimConfig
+from groundup.train.distributed import DistributedConfig
 
 
 @dataclass
@@ -122,6 +132,7 @@ class FinetuneConfig:
     optim: OptimConfig = field(default_factory=_finetune_optim)
     train: FinetuneLoopConfig = field(default_factory=FinetuneLoopConfig)
     sample: SampleConfig | None = None  # language-model tasks: a generation at the end
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)  # torchrun only
 
     def __post_init__(self) -> None:
         check(
@@ -147,14 +158,6 @@ class FinetuneConfig:
 # ------------------------------------------------------------------------------- the job
 
 
-@dataclass
-class _Data:
-    train: Any
-    val: Any
-    test: Any = None  # classification: (ids, labels) tensors
-    info: dict[str, Any] = field(default_factory=dict)
-
-
 def run_finetune(
     config_path: str | Path | None,
     overrides=(),
@@ -163,27 +166,101 @@ def run_finetune(
     config: FinetuneConfig | None = None,
     verbose: int = 1,
 ) -> dict[str, Any]:
-    """`groundup finetune CONFIG`; returns the headline results (also in results.json)."""
+    """`groundup finetune CONFIG`; returns the headline results (also in results.json).
+
+    Under torchrun every rank runs this; errors name the rank ("rank 1: ...")."""
+    from groundup.errors import GroundupError
+    from groundup.train import distributed as du
+
+    cfg = config if config is not None else load_config(FinetuneConfig, config_path, overrides)
+    owned = du.launched() and not du.active()  # we start the process group, we end it
+    try:
+        device = du.init_distributed(
+            cfg.distributed.backend, cfg.train.device, cfg.distributed.timeout_minutes
+        )
+        results = _finetune(cfg, overwrite, resume, verbose, device)
+    except GroundupError as exc:
+        # no teardown here: peers may still wait in a collective; torchrun ends them
+        raise du.name_rank(exc) from None
+    if owned:
+        gc.collect()  # a DDP wrapper alive when the group ends can abort the exit (pretrain)
+        du.barrier()
+        du.teardown()
+    return results
+
+
+def split_batch(t: FinetuneLoopConfig, world_size: int = 1) -> tuple[int, int]:
+    """(sequences per micro-batch on each rank, grad_accum) that keep the global batch of
+    train.batch_size x grad_accum sequences per optimizer step, whatever the number of ranks.
+
+    The largest micro-batch <= batch_size that divides the rank's share is used (as pretrain's
+    `split_global_batch` does). sft and classification then train on the same examples at every
+    step on any N (and resume into each other); causal_lm's random windows are the same draws
+    when grad_accum stays as configured (batch_size a multiple of N and grad_accum 1).
+    """
+    sequences = t.batch_size * t.grad_accum
+    if sequences % world_size:
+        raise ConfigError(
+            f"the global batch of {sequences} sequences (train.batch_size {t.batch_size} x "
+            f"grad_accum {t.grad_accum}) cannot be split over {world_size} ranks; make "
+            f"batch_size x grad_accum a multiple of {world_size} (e.g. "
+            f"{world_size * max(1, sequences // world_size)} sequences)"
+        )
+    share = sequences // world_size
+    batch = max(b for b in range(1, min(t.batch_size, share) + 1) if share % b == 0)
+    return batch, share // batch
+
+
+def _strategy(cfg: FinetuneConfig, world_size: int) -> str:
+    """The strategy to ask the Trainer for. LoRA trains a few adapters on a frozen, replicated
+    base: DDP (which reduces only trainable parameters) is its strategy; FSDP2 is refused."""
+    strategy = cfg.distributed.strategy
+    if cfg.method != "lora" or world_size == 1:
+        return strategy
+    if strategy == "fsdp":
+        raise ConfigError(
+            "method lora is not supported with distributed.strategy fsdp (the adapters and "
+            "the LoRA model folder need unsharded weights); use distributed.strategy: ddp"
+        )
+    return "ddp"  # auto: the frozen base must fit one device anyway
+
+
+def _finetune(
+    cfg: FinetuneConfig,
+    overwrite: bool,
+    resume: bool,
+    verbose: int,
+    rank_device: torch.device | None,
+) -> dict[str, Any]:
     from groundup.finetune.lora import apply_lora, trainable_parameters
-    from groundup.jobs.model_io import build_task_model, load_base, save_finetuned, with_dropout
+    from groundup.jobs.model_io import build_task_model, load_base, with_dropout
     from groundup.jobs.run_dir import checkpoint_config, prepare_run_dir, resume_point, wants_resume
     from groundup.seed import set_seed
+    from groundup.train import distributed as du
     from groundup.train.callbacks import ModelCheckpoint
     from groundup.train.losses import SparseCategoricalCrossentropy
     from groundup.train.trainer import Trainer
 
-    cfg = config if config is not None else load_config(FinetuneConfig, config_path, overrides)
+    rank, world = du.rank(), du.world_size()
+    verbose = verbose if rank == 0 else 0
     run_dir = Path(cfg.run_dir)
-    last, best_val_loss = None, None
-    if wants_resume(run_dir, cfg, resume):
-        last, best_val_loss = resume_point(run_dir, cfg)
-    else:
+    strategy = _strategy(cfg, world)
+    batch_size, grad_accum = split_batch(cfg.train, world)
+
+    def prepare() -> tuple[Path | None, float | None]:
+        """Rank 0's file-system work: a new run directory, or the checkpoint to resume."""
+        if wants_resume(run_dir, cfg, resume):
+            return resume_point(run_dir, cfg)
         prepare_run_dir(run_dir, cfg, overwrite=overwrite)
+        return None, None
+
+    last, best_val_loss = du.main_first(prepare)
     base = load_base(cfg.base.path, allow_pickle=cfg.base.allow_pickle)
     base.config = with_dropout(base.config, cfg.base.dropout)
     tokenizer = base.tokenizer
-    set_seed(cfg.seed)
-    data = _load_data(cfg, base, run_dir, verbose)
+    set_seed(cfg.seed)  # every rank: the same new head and adapters as one process
+    part = Part(batch_size, rank, world if world > 1 else None)
+    data = load_data(cfg, base, run_dir, verbose, part)
     labels = data.info.get("labels")
     model = build_task_model(
         base,
@@ -214,25 +291,20 @@ def run_finetune(
     )
     if best_val_loss is not None and checkpoint.tracker is not None:
         checkpoint.tracker.best = best_val_loss
-    forward = None
     if cfg.task == "classification" and base.family == "bert":
-
-        def forward(ids: torch.Tensor) -> torch.Tensor:  # padding is masked out of attention
-            return model(ids, attention_mask=ids.ne(pad_id))
-
+        _mask_padding(model, pad_id)
     trainer = Trainer(
         model,
         loss=SparseCategoricalCrossentropy(from_logits=True),
         optimizer=cfg.optim.optimizer_spec(),
         schedule=cfg.optim.schedule_spec(),
         metrics=["accuracy"] if cfg.task == "classification" else (),
-        grad_accum=t.grad_accum,
+        grad_accum=grad_accum,
         clip_grad_norm=t.clip_grad_norm,
         precision=t.precision,
-        device=t.device,
+        device=rank_device if rank_device is not None else t.device,
         compile=t.compile,
         run_dir=run_dir,
-        forward=forward,
         log_every=t.log_every,
         verbose=verbose,
         report_perplexity=cfg.task != "classification",
@@ -240,7 +312,16 @@ def run_finetune(
         nan_policy=t.nan_policy,
         keep_last=t.keep_last,
         config=checkpoint_config(cfg),
+        strategy=strategy,
+        activation_checkpointing=cfg.distributed.activation_checkpointing,
     )
+    if verbose and du.active():
+        print(
+            f"distributed: {world} rank(s), backend {du.backend()}, strategy "
+            f"{trainer.strategy}; global batch {world * batch_size * grad_accum} sequences = "
+            f"{world} rank(s) x {batch_size} x {grad_accum} micro-step(s)",
+            flush=True,
+        )
     trainer.fit(
         data.train,
         data.val,
@@ -264,7 +345,9 @@ def run_finetune(
         "text_field": cfg.data.text_field,
         "label_field": cfg.data.label_field,
     }
-    model_dir = save_finetuned(run_dir / "model", model, tokenizer, meta, cfg.method == "lora")
+    # FSDP2: every rank gathers, rank 0 gets a plain copy (it also generates the sample)
+    plain = _save_model(run_dir / "model", model, trainer.strategy, base, cfg, labels, meta)
+    model_dir = run_dir / "model"
     results: dict[str, Any] = {
         "steps": trainer.step,
         "trainable_params": trainable,
@@ -272,12 +355,20 @@ def run_finetune(
         **{k: v for k, v in data.info.items() if k not in ("labels", "pad_id")},
     }
     if data.val is not None:
-        results.update(trainer.evaluate(data.val, prefix="val_"))
+        results.update(trainer.evaluate(data.val, prefix="val_"))  # collective: every rank
     if cfg.task == "classification" and data.test is not None:
         from groundup.jobs.evaluate import classification_results
 
-        results.update(classification_results(trainer, data.test, labels, run_dir, prefix="test_"))
+        # every rank predicts every test batch (FSDP2 needs all ranks in each forward); rank 0
+        # alone writes the report and confusion matrix
+        out_dir = run_dir if rank == 0 else None
+        results.update(classification_results(trainer, data.test, labels, out_dir, "test_"))
+    if rank != 0:
+        du.barrier()  # rank 0 writes the results and samples; the ranks end together
+        return results
     results["peak_rss_mib"] = _peak_rss_mib()
+    if world > 1:
+        results["world_size"] = world
     (run_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     if verbose:
         shown = ", ".join(
@@ -289,8 +380,56 @@ def run_finetune(
     if cfg.sample is not None and cfg.task != "classification":
         if verbose:
             print("--- sample ---", flush=True)
-        results["sample"] = _sample(model.eval(), tokenizer, cfg, stream=bool(verbose))
+        results["sample"] = _sample(plain.eval(), tokenizer, cfg, stream=bool(verbose))
+    du.barrier()
     return results
+
+
+def _mask_padding(model: torch.nn.Module, pad_id: int) -> None:
+    """BERT classifiers: the attention mask derived from the ids on every call, by a forward
+    pre-hook rather than a custom forward function, so DDP/FSDP2 (which train through the
+    model's own forward) and the plain path mask padding the same way."""
+
+    def hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if kwargs.get("attention_mask") is None and len(args) < 2:
+            kwargs = {**kwargs, "attention_mask": args[0].ne(pad_id)}
+        return args, kwargs
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def _save_model(
+    folder: Path,
+    model: torch.nn.Module,
+    strategy: str,
+    base: Any,
+    cfg: FinetuneConfig,
+    labels: list[str] | None,
+    meta: dict[str, Any],
+) -> torch.nn.Module:
+    """Write the model folder from rank 0; returns a model rank 0 can run alone.
+
+    FSDP2 (full fine-tuning only): the sharded weights are gathered onto rank 0 (every rank
+    must take part) and loaded into a fresh, plain copy of the task model, which is saved."""
+    from groundup.jobs.model_io import _load_into, build_task_model, save_finetuned
+    from groundup.train import distributed as du
+    from groundup.train.checkpoint import model_tensors
+
+    if strategy == "fsdp":
+        tensors = model_tensors(model)  # a collective; only rank 0 gets the tensors
+        if du.rank() != 0:
+            return model
+        model = build_task_model(
+            base,
+            cfg.task,
+            num_labels=len(labels) if labels else None,
+            pooling=cfg.base.pooling,
+            pretrained=False,
+        )
+        _load_into(model, tensors, folder)
+    if du.rank() == 0:
+        save_finetuned(folder, model, base.tokenizer, meta, cfg.method == "lora")
+    return model
 
 
 def _sample(model: Any, tokenizer: Any, cfg: FinetuneConfig, stream: bool) -> str:
@@ -336,214 +475,3 @@ def _peak_rss_mib() -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
-
-
-def _max_len(cfg: FinetuneConfig, block_size: int) -> int:
-    if cfg.data.max_len is None:
-        return min(block_size, 512)
-    if cfg.data.max_len > block_size:
-        raise ConfigError(
-            f"data.max_len {cfg.data.max_len} exceeds the model's block size {block_size}; "
-            f"set data.max_len <= {block_size}"
-        )
-    return cfg.data.max_len
-
-
-def _split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded train/val index split (val gets round(n * fraction), at least 1 when > 0)."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = 0 if fraction == 0 else max(1, round(n * fraction))
-    if n_val >= n:
-        raise ConfigError(
-            f"only {n} examples: too few to hold out data.val_fraction={fraction}; give a "
-            "data.val file or more examples"
-        )
-    return perm[n_val:].sort().values, perm[:n_val].sort().values
-
-
-def _load_data(cfg: FinetuneConfig, base: Any, run_dir: Path, verbose: int) -> _Data:
-    if cfg.task == "causal_lm":
-        return _text_data(cfg, base, run_dir, verbose)
-    if cfg.task == "sft":
-        return _sft_data(cfg, base, verbose)
-    return _classification_data(cfg, base, verbose)
-
-
-def _text_data(cfg: FinetuneConfig, base: Any, run_dir: Path, verbose: int) -> _Data:
-    """Continued pretraining: the text is encoded once into token shards, like pretraining."""
-    from groundup.data.corpus import Corpus
-    from groundup.data.shards import prepare_shards
-    from groundup.data.windows import RandomWindows, SequentialWindows
-
-    if cfg.train.max_steps is None:
-        raise ConfigError(
-            "task causal_lm trains on random windows of the text: set train.max_steps"
-        )
-    block = _max_len(cfg, base.config.block_size)
-    corpus = Corpus(cfg.data.train, text_field=cfg.data.text_field)
-    val_fraction = 0.0 if cfg.data.val is not None else cfg.data.val_fraction
-    index = prepare_shards(
-        corpus,
-        base.tokenizer,
-        run_dir / "data",
-        val_fraction=val_fraction,
-        seed=cfg.seed,
-        progress=bool(verbose),
-    )
-    val_tokens = index.val
-    if cfg.data.val is not None:
-        val_index = prepare_shards(
-            Corpus(cfg.data.val, text_field=cfg.data.text_field),
-            base.tokenizer,
-            run_dir / "data-val",
-            val_fraction=0.0,
-            seed=cfg.seed,
-            progress=False,
-        )
-        val_tokens = val_index.train
-    b = cfg.train.batch_size
-    train = RandomWindows(index.train, block, b, seed=cfg.seed)
-    val = None
-    if val_tokens is not None and len(val_tokens) > block:
-        val = SequentialWindows(val_tokens, block, b, max_batches=cfg.train.eval_batches)
-    info = {"train_tokens": len(index.train), "max_len": block}
-    return _Data(train, val, info=info)
-
-
-def _builtin_sft(name: str) -> tuple[list, list]:
-    from groundup.data.text_builtin import load_sft_dataset
-    from groundup.finetune.sft import Conversation
-
-    sets = load_sft_dataset(name)
-    return tuple(  # type: ignore[return-value]
-        [Conversation.from_pair(r["prompt"], r["response"]) for r in sets[split]]
-        for split in ("train", "val")
-    )
-
-
-def _sft_data(cfg: FinetuneConfig, base: Any, verbose: int) -> _Data:
-    from groundup.finetune.sft import encode_sft, read_sft_jsonl
-    from groundup.train.batches import TensorBatches
-
-    d = cfg.data
-    fields = dict(
-        prompt_field=d.prompt_field,
-        response_field=d.response_field,
-        messages_field=d.messages_field,
-    )
-    # builtin sets come split; a train file is split with the seed unless data.val is given
-    train_ex, val_ex = _builtin_sft(d.builtin) if d.builtin is not None else ([], [])
-    if d.train is not None:
-        train_ex = read_sft_jsonl(d.train, **fields)
-        if d.val is None:
-            tr, va = _split(len(train_ex), d.val_fraction, cfg.seed)
-            train_ex, val_ex = [train_ex[i] for i in tr], [train_ex[i] for i in va]
-    if d.val is not None:
-        val_ex = read_sft_jsonl(d.val, **fields)
-    block = _max_len(cfg, base.config.block_size)
-    tok = base.tokenizer
-    pad_id = tok.pad_id if tok.pad_id is not None else tok.eot_id
-
-    def encode(exs: list, packing: bool) -> Any:
-        return encode_sft(
-            exs, tok, template=d.template, block_size=block, packing=packing, pad_id=pad_id
-        )
-
-    train_t = encode(train_ex, d.packing)
-    b = cfg.train.batch_size
-    train = TensorBatches(train_t.input_ids, train_t.labels, batch_size=b, seed=cfg.seed)
-    val = None
-    if val_ex:
-        val_t = encode(val_ex, False)
-        val = TensorBatches(val_t.input_ids, val_t.labels, batch_size=b, shuffle=False)
-    info = {
-        "train_examples": train_t.n_examples,
-        "train_rows": train_t.n_rows,
-        "train_trainable_tokens": train_t.n_trainable_tokens,
-        "truncated": train_t.truncated,
-        "dropped": train_t.dropped,
-        "val_examples": len(val_ex),
-        "max_len": block,
-        "pad_id": pad_id,
-    }
-    if verbose:
-        print(
-            f"sft data: {train_t.n_examples} train examples in {train_t.n_rows} rows "
-            f"({'packed' if d.packing else 'one per row'}), {train_t.n_trainable_tokens:,} "
-            f"response tokens; {len(val_ex)} val examples; {train_t.truncated} truncated, "
-            f"{train_t.dropped} dropped",
-            flush=True,
-        )
-    return _Data(train, val, info=info)
-
-
-def _classification_data(cfg: FinetuneConfig, base: Any, verbose: int) -> _Data:
-    from groundup.finetune.classification import LabelVocab, encode_texts, read_labelled_text
-    from groundup.train.batches import TensorBatches
-
-    d = cfg.data
-    splits: dict[str, tuple[list[str], list[str]] | None] = {
-        "train": None,
-        "val": None,
-        "test": None,
-    }
-    where: dict[str, str] = {}
-    if d.builtin is not None:
-        from groundup.data.text_builtin import load_text_dataset
-
-        for name, rows in load_text_dataset(d.builtin).items():
-            splits[name] = ([r[0] for r in rows], [r[1] for r in rows])
-            where[name] = f"builtin {d.builtin} {name}"
-    for name in ("train", "val", "test"):
-        path = getattr(d, name)
-        if path is not None:
-            splits[name] = read_labelled_text(path, d.text_field, d.label_field)
-            where[name] = str(path)
-    if splits["train"] is None:
-        raise ConfigError("classification needs data.train or data.builtin")
-    if splits["val"] is None and d.val_fraction > 0:
-        texts, labels = splits["train"]
-        tr, va = _split(len(texts), d.val_fraction, cfg.seed)
-        splits["train"] = ([texts[i] for i in tr], [labels[i] for i in tr])
-        splits["val"] = ([texts[i] for i in va], [labels[i] for i in va])
-        where["val"] = f"{where['train']} (held-out {d.val_fraction:g})"
-    vocab = LabelVocab.from_labels(splits["train"][1])
-    if len(vocab) < 2:
-        raise ConfigError(
-            f"the training labels hold one class ({vocab.to_list()[0]!r}); a classifier "
-            "needs at least two"
-        )
-    tok = base.tokenizer
-    style = "bert" if base.family == "bert" else "gpt"
-    pad_id = tok.pad_id if tok.pad_id is not None else tok.eot_id
-    if pad_id is None:
-        raise ConfigError(
-            "the tokenizer has no padding or end-of-text token; add one (e.g. <|pad|>) so "
-            "examples of different lengths can be batched"
-        )
-    max_len = _max_len(cfg, base.config.block_size)
-    tensors, truncated = {}, {}
-    for name, split in splits.items():
-        if split is None:
-            continue
-        ids, _, cut = encode_texts(split[0], tok, max_len, style=style, pad_id=pad_id)
-        truncated[name] = cut
-        y = vocab.encode(split[1], where=where[name])
-        tensors[name] = (ids, y)
-    b = cfg.train.batch_size
-    train = TensorBatches(*tensors["train"], batch_size=b, seed=cfg.seed)
-    val = TensorBatches(*tensors["val"], batch_size=b, shuffle=False) if "val" in tensors else None
-    test = (
-        TensorBatches(*tensors["test"], batch_size=b, shuffle=False) if "test" in tensors else None
-    )
-    info = {
-        "labels": vocab.to_list(),
-        "pad_id": pad_id,
-        "max_len": max_len,
-        **{f"{name}_examples": len(t[1]) for name, t in tensors.items()},
-        "truncated": truncated,
-    }
-    if verbose:
-        sizes = ", ".join(f"{name} {len(t[1])}" for name, t in tensors.items())
-        print(f"classification data: {len(vocab)} labels; {sizes} examples", flush=True)
-    return _Data(train, val, test, info)

@@ -18,6 +18,18 @@ class TensorBatches:
     Each epoch draws one permutation from a generator seeded with `seed + epoch`, so the
     order of any epoch is reproducible on its own (exact resume needs only the epoch number
     and the position inside it, both in `state_dict`).
+
+    Data-parallel ranks (`world_size=N`, training data only): every rank draws the same
+    permutation and batch k is one global batch of N * batch_size samples, of which rank r
+    takes the r-th contiguous part. The parts are disjoint and N ranks with batch b see
+    exactly the samples of one process with batch N * b (the Trainer normalizes the loss by
+    the global item count, so the gradients are the same too). The position in `state_dict`
+    counts global batches, so it means the same on any N with the same global batch.
+    A ragged last global batch is split as evenly as possible (parts differ by one sample at
+    most); when it holds fewer samples than there are ranks it is dropped on every rank, so
+    each epoch has the same number of batches everywhere (a rank waiting for a batch that
+    never comes would hang the step's collectives).
+    Validation data stays whole (no `world_size`): the Trainer's evaluation shares it out.
     """
 
     def __init__(
@@ -30,9 +42,18 @@ class TensorBatches:
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
+        rank: int = 0,
+        world_size: int | None = None,
     ) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if world_size is not None and (not isinstance(world_size, int) or world_size < 1):
+            raise ConfigError(f"world_size must be an integer >= 1 or None, got {world_size!r}")
+        if not 0 <= rank < (world_size or 1):
+            raise ConfigError(
+                f"rank must be in 0..world_size-1, got rank {rank} of {world_size}; "
+                "give world_size with rank"
+            )
         n = x.shape[0]
         for name, t in (("y", y), ("sample_weight", sample_weight)):
             if t is not None and t.shape[0] != n:
@@ -49,13 +70,31 @@ class TensorBatches:
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
+        # the Trainer checks world_size to know each rank gets its own part (None: not split)
+        self.rank, self.world_size = rank, world_size
+        self.global_batch = batch_size * (world_size or 1)
+        if n < (world_size or 1):
+            raise DataError(
+                f"{n} samples cannot give each of {world_size} ranks one; use fewer ranks or "
+                "more data"
+            )
         self.epoch = 0
         self.position = 0  # batches already served in the current epoch
 
     def __len__(self) -> int:
+        gb = self.global_batch
         if self.drop_last:
-            return max(1, self.n // self.batch_size)
-        return -(-self.n // self.batch_size)
+            return max(1, self.n // gb)
+        full, rest = divmod(self.n, gb)
+        # a last global batch too small to give every rank a sample is dropped (class doc)
+        return full + (rest >= (self.world_size or 1))
+
+    def _bounds(self, b: int) -> tuple[int, int]:
+        """This rank's [lo, hi) positions of global batch `b` in the epoch's order."""
+        world = self.world_size or 1
+        lo = b * self.global_batch
+        m = min(self.global_batch, self.n - lo)  # samples in this global batch
+        return lo + self.rank * m // world, lo + (self.rank + 1) * m // world
 
     def _order(self, epoch: int) -> torch.Tensor | None:
         if not self.shuffle:
@@ -65,11 +104,11 @@ class TensorBatches:
 
     def __iter__(self) -> Iterator[Batch]:
         order = self._order(self.epoch)
-        bs, n_batches = self.batch_size, len(self)
+        n_batches = len(self)
         start_batch, self.position = self.position, 0
         for b in range(start_batch, n_batches):
             self.position = b + 1
-            lo, hi = b * bs, min((b + 1) * bs, self.n)
+            lo, hi = self._bounds(b)
             if order is None:
                 yield tuple(t[lo:hi] for t in self.tensors)
             else:

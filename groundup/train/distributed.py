@@ -435,11 +435,8 @@ def launch_torchrun(argv: list[str], nproc: int) -> int:
         raise ConfigError(f"--nproc must be an integer >= 1, got {nproc!r}")
     if launched():
         raise ConfigError("--nproc starts torchrun itself; drop it when launching with torchrun")
-    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
-        raise ConfigError(
-            f"--nproc {nproc} but this machine has {torch.cuda.device_count()} GPU(s); use at most "
-            f"{torch.cuda.device_count()} (one process per GPU), or train.device=cpu"
-        )
+    # More processes than GPUs is checked by each rank (init_distributed), which knows the
+    # config's train.device: N CPU processes on a machine with fewer GPUs are fine.
     proc = subprocess.Popen(torchrun_command(argv, nproc))
     while True:
         try:
