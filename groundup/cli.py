@@ -92,7 +92,7 @@ def _generate(args: argparse.Namespace) -> None:
     from groundup.jobs.pretrain import SampleConfig, sample_text
     from groundup.train.trainer import resolve_device
 
-    loaded = load_model(args.run)
+    loaded = load_model(args.run, allow_pickle=args.allow_pickle)
     if loaded.task == "classification":
         raise ConfigError(f"{args.run} holds a classifier; generate needs a language model")
     model = loaded.model.to(resolve_device(args.device))
@@ -155,6 +155,11 @@ def _add_generate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read a Hugging Face pytorch_model.bin (weights_only) when there is no safetensors",
+    )
 
 
 def _add_evaluate_args(parser: argparse.ArgumentParser) -> None:
@@ -247,7 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # `groundup finetune c.yaml --overwrite optim.lr=1e-4`: overrides after a flag still count
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     if args.version:
         from groundup import __version__
 

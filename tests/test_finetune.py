@@ -371,3 +371,93 @@ def test_real_minilm_fine_tunes_offline(tmp_path: Path) -> None:
         got = ours.model(batch["input_ids"], attention_mask=batch["attention_mask"])
         ref = hf(**batch).logits
     assert (got - ref).abs().max() < 1e-4
+
+
+def test_a_bad_base_with_overwrite_keeps_the_previous_run(tmp_path: Path, base_gpt: Path) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", sft_rows(16))
+    cfg = config(tmp_path, base_gpt, task="sft", data={"train": str(train)}, train={"max_steps": 1})
+    run_finetune(None, config=cfg, verbose=0)
+    results = Path(cfg.run_dir) / "results.json"
+    assert results.is_file()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n', encoding="utf-8")
+    for override in (f"base.path={tmp_path / 'nope'}", f"data.train={bad}"):
+        yaml_cfg = tmp_path / "c.yaml"
+        yaml_cfg.write_text(
+            f"run_dir: {cfg.run_dir}\ntask: sft\nbase: {{path: {base_gpt}}}\n"
+            f"data: {{train: {train}}}\ntrain: {{max_steps: 1, device: cpu}}\n",
+            encoding="utf-8",
+        )
+        assert main(["finetune", str(yaml_cfg), "--overwrite", override]) == 2  # intermixed
+        assert results.is_file(), override  # the checks ran before --overwrite deleted anything
+
+
+def test_lora_runs_check_their_base(tmp_path: Path, base_gpt: Path) -> None:
+    import shutil
+
+    with pytest.raises(ConfigError, match="use method: full"):
+        from_dict(
+            FinetuneConfig,
+            {
+                "method": "lora",
+                "base": {"path": "x", "init": "random"},
+                "task": "sft",
+                "data": {"train": "x"},
+            },
+        )
+    base = tmp_path / "base"
+    shutil.copytree(base_gpt, base)
+    train = write_jsonl(tmp_path / "train.jsonl", sft_rows(16))
+    cfg = config(
+        tmp_path,
+        base,
+        task="sft",
+        method="lora",
+        data={"train": str(train)},
+        train={"max_steps": 1},
+    )
+    run_finetune(None, config=cfg, verbose=0)
+    load_model(cfg.run_dir)  # fine as it is
+    tok = Tokenizer.load(base / "model" / "tokenizer.json")
+    torch.manual_seed(99)
+    other = GPT(
+        GPTConfig(
+            n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=tok.vocab_size, dropout=0.0
+        )
+    )
+    save_model_dir(base / "model", other, tok)  # the base retrained in place
+    with pytest.raises(CheckpointError, match="has changed"):
+        load_model(cfg.run_dir)
+    shutil.rmtree(base)
+    with pytest.raises(MissingFileError, match="base model of the LoRA run"):
+        load_model(cfg.run_dir)
+
+
+def test_evaluate_reads_sft_files_with_the_trained_field_names(
+    tmp_path: Path, base_gpt: Path
+) -> None:
+    rows = [{"instruction": r["prompt"], "output": r["response"]} for r in sft_rows(16)]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    cfg = config(
+        tmp_path,
+        base_gpt,
+        task="sft",
+        train={"max_steps": 1},
+        data={"train": str(train), "prompt_field": "instruction", "response_field": "output"},
+    )
+    run_finetune(None, config=cfg, verbose=0)
+    assert run_evaluate(cfg.run_dir, train, device="cpu", verbose=0)["examples"] == 16
+
+
+def test_chat_markers_that_are_not_special_tokens_end_the_reply(base_gpt: Path) -> None:
+    from groundup.jobs.finetune import sample_reply
+    from groundup.jobs.pretrain import SampleConfig
+
+    tm = load_model(base_gpt)  # bytes tokenizer: "<|im_end|>" is several ids here
+    text = sample_reply(
+        tm.model,
+        tm.tokenizer,
+        SampleConfig(prompt="hi", max_new_tokens=40, temperature=1.0, top_k=None),
+        "chatml",
+    )
+    assert "<|im_end|>" not in text and len(text) <= 40 * 4

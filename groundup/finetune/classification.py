@@ -36,7 +36,7 @@ SEP_NAMES = ("[SEP]", "</s>")
 def _missing_field(name: str, what: str, key: str, available: Sequence[str], option: str) -> str:
     return (
         f"{name} has no {what} '{key}'{did_you_mean(key, available)}; available: "
-        f"{', '.join(map(str, available)) or 'none'}; set {option}"
+        f"{', '.join(map(str, available)) or 'none'}; set data.{option} (or --{option.replace('_', '-')})"
     )
 
 

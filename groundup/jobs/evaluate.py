@@ -136,7 +136,10 @@ def _sft(tm, trainer, data, batch_size, block, meta) -> dict[str, Any]:
     from groundup.finetune.sft import encode_sft, read_sft_jsonl
     from groundup.train.batches import TensorBatches
 
-    examples = read_sft_jsonl(data)
+    examples = read_sft_jsonl(  # the field names the run was trained with
+        data,
+        **{k: meta[k] for k in ("prompt_field", "response_field", "messages_field") if k in meta},
+    )
     t = encode_sft(
         examples,
         tm.tokenizer,

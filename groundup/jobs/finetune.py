@@ -136,6 +136,11 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         check(
+            not (self.method == "lora" and self.base.init == "random"),
+            "base.init: random is the from-scratch control and trains every weight; use "
+            "method: full with it (LoRA on frozen random weights is no control)",
+        )
+        check(
             self.base.path is not None,
             "base.path is not set: point it at a groundup run (e.g. runs/pydocs) or a Hugging "
             "Face model folder",
@@ -233,7 +238,12 @@ def _finetune(
     rank_device: torch.device | None,
 ) -> dict[str, Any]:
     from groundup.finetune.lora import apply_lora, trainable_parameters
-    from groundup.jobs.model_io import build_task_model, load_base, with_dropout
+    from groundup.jobs.model_io import (
+        build_task_model,
+        load_base,
+        weights_fingerprint,
+        with_dropout,
+    )
     from groundup.jobs.run_dir import checkpoint_config, prepare_run_dir, resume_point, wants_resume
     from groundup.seed import set_seed
     from groundup.train import distributed as du
@@ -254,13 +264,26 @@ def _finetune(
         prepare_run_dir(run_dir, cfg, overwrite=overwrite)
         return None, None
 
-    last, best_val_loss = du.main_first(prepare)
+    # The base and the data are read and checked before the run directory is touched: a
+    # mistake in them must not cost the previous run (--overwrite deletes it).
     base = load_base(cfg.base.path, allow_pickle=cfg.base.allow_pickle)
     base.config = with_dropout(base.config, cfg.base.dropout)
     tokenizer = base.tokenizer
-    set_seed(cfg.seed)  # every rank: the same new head and adapters as one process
     part = Part(batch_size, rank, world if world > 1 else None)
-    data = load_data(cfg, base, run_dir, verbose, part)
+    data = None
+    if cfg.task != "causal_lm":  # causal_lm writes its token shards into the run directory
+        set_seed(cfg.seed)
+        data = load_data(cfg, base, run_dir, verbose, part)
+    else:
+        from groundup.data.corpus import Corpus
+
+        for source in (cfg.data.train, cfg.data.val):
+            if source is not None:
+                Corpus(source, text_field=cfg.data.text_field)  # checks the paths exist
+    last, best_val_loss = du.main_first(prepare)
+    if data is None:
+        data = load_data(cfg, base, run_dir, verbose, part)
+    set_seed(cfg.seed)  # every rank: the same new head and adapters as one process
     labels = data.info.get("labels")
     model = build_task_model(
         base,
@@ -276,6 +299,12 @@ def _finetune(
                 p.requires_grad_(True)
     trainable, total = trainable_parameters(model)
     pad_id = data.info.get("pad_id")
+    if verbose and base.family == "bert" and cfg.base.pooling == "mean":
+        print(
+            "note: base.pooling mean has no transformers class, so this classifier cannot be "
+            "exported with groundup export (base.pooling: cls can)",
+            flush=True,
+        )
     if verbose:
         print(
             f"model: {base.family} from {base.path} ({cfg.base.init}), task {cfg.task}, "
@@ -322,6 +351,7 @@ def _finetune(
             f"{world} rank(s) x {batch_size} x {grad_accum} micro-step(s)",
             flush=True,
         )
+    rss_before_fit = _reset_peak_rss_mib()
     trainer.fit(
         data.train,
         data.val,
@@ -340,7 +370,11 @@ def _finetune(
         "pad_id": pad_id,
         "pooling": cfg.base.pooling,
         "base": str(Path(base.path).resolve()),
+        "base_fingerprint": weights_fingerprint(base.state_dict),
         "template": cfg.data.template,
+        "prompt_field": cfg.data.prompt_field,
+        "response_field": cfg.data.response_field,
+        "messages_field": cfg.data.messages_field,
         "max_len": data.info.get("max_len"),
         "text_field": cfg.data.text_field,
         "label_field": cfg.data.label_field,
@@ -367,6 +401,8 @@ def _finetune(
         du.barrier()  # rank 0 writes the results and samples; the ranks end together
         return results
     results["peak_rss_mib"] = _peak_rss_mib()
+    if rss_before_fit is not None:  # what training itself added: grads, optimizer, activations
+        results["fit_rss_growth_mib"] = _proc_status_mib("VmHWM") - rss_before_fit
     if world > 1:
         results["world_size"] = world
     (run_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
@@ -451,6 +487,9 @@ def sample_reply(
 
     ids = encode_prompt(Conversation([Message("user", sample.prompt)]), tokenizer, template)
     stops = stop_ids(tokenizer, template)
+    # Trap: a marker the tokenizer lacks as a special token is several ids; generation can
+    # only stop on one, so it runs on and the reply is cut where the marker's text appears.
+    marker = tokenizer.decode(stops) if len(stops) > 1 else None
     device = next(model.parameters()).device
     out = generate(
         model,
@@ -459,11 +498,16 @@ def sample_reply(
         temperature=sample.temperature,
         top_k=sample.top_k,
         top_p=sample.top_p,
-        eos_id=stops[0] if stops else None,
+        eos_id=stops[0] if len(stops) == 1 else None,
         seed=sample.seed,
         vocab_limit=tokenizer.vocab_size,
     )
-    text = tokenizer.decode([t for t in out[0, len(ids) :].tolist() if t not in stops])
+    new = out[0, len(ids) :].tolist()
+    if len(stops) == 1 and stops[0] in new:
+        new = new[: new.index(stops[0])]
+    text = tokenizer.decode(new)
+    if marker:
+        text = text.split(marker)[0]
     if stream:
         print(f"{tokenizer.decode(ids)}{text}", flush=True)
     return text
@@ -475,3 +519,24 @@ def _peak_rss_mib() -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+def _proc_status_mib(field: str) -> float:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise OSError(field)
+
+
+def _reset_peak_rss_mib() -> float | None:
+    """Reset the process's peak-RSS mark (Linux) and return the RSS now; None elsewhere.
+
+    Peak RSS over the whole process mostly measures imports and data preparation; the growth
+    from here to the peak after fit() is what training costs (the LoRA vs full figure)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return _proc_status_mib("VmRSS")
+    except OSError:
+        return None

@@ -10,6 +10,7 @@ A run directory may be given instead of its `model/` folder.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import re
@@ -120,6 +121,11 @@ def model_folder(path: str | Path) -> Path:
     path = resolve_model_path(path)
     if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
         return path / "model"
+    if not (path / "config.json").is_file() and (path / "config.yaml").is_file():
+        raise MissingFileError(
+            f"{path} is a run without a model/ folder yet (still training, or stopped): wait "
+            "for it to finish, or resume it (groundup pretrain CONFIG --resume)"
+        )
     if not (path / "config.json").is_file():
         raise MissingFileError(
             f"no config.json in {path}; give a run directory, its model/ folder or a Hugging "
@@ -181,8 +187,8 @@ def load_base(path: str | Path, allow_pickle: bool = False) -> BaseModel:
     hf = read_hf_dir(folder, allow_pickle=allow_pickle)
     if hf.tokenizer is None:
         raise MissingFileError(
-            f"no tokenizer.json in {folder}; fine-tuning needs the model's own tokenizer "
-            "(save it with tokenizer.save_pretrained into the same folder)"
+            f"no tokenizer.json in {folder}; groundup needs the model's own fast tokenizer: "
+            "AutoTokenizer.from_pretrained(folder, use_fast=True).save_pretrained(folder)"
         )
     return BaseModel(
         hf.family,
@@ -303,8 +309,7 @@ def save_finetuned(
 
     Full fine-tuning stores every weight; LoRA stores the adapter (adapter.safetensors), the
     trainable head weights (head.safetensors) and the base folder's path, so a LoRA run costs
-    megabytes, not a copy of the base model. GPT language models fine-tuned in full are
-    written in the pretrain format, so `groundup generate` reads them like any GPT.
+    megabytes, not a copy of the base model. `load_model` reads either back.
     """
     from safetensors.torch import save_file
 
@@ -350,6 +355,9 @@ def load_model(path: str | Path, allow_pickle: bool = False) -> TaskModel:
                 f"{folder} holds a {base.hf.architecture}: evaluate and generate read causal "
                 "language models and sequence classifiers; fine-tune it first (groundup finetune)"
             )
+        if base.task == "seq_cls" and base.family == "gpt" and base.hf.pad_id is None:
+            # transformers would pool the last position, padding included: use the tokenizer's
+            base.hf.pad_id = _pad(base)
         model = base.hf.build()
         pad = base.hf.pad_id if base.task == "seq_cls" and base.family == "gpt" else _pad(base)
         return TaskModel(
@@ -372,10 +380,7 @@ def load_model(path: str | Path, allow_pickle: bool = False) -> TaskModel:
         pretrained=False,
     )
     if meta.get("method") == "lora":
-        base_path = meta.get("base")
-        if not base_path:
-            raise CheckpointError(f"{folder}/config.json lacks 'base'; the LoRA run is damaged")
-        _load_lora_run(model, folder, load_base(base_path, allow_pickle=allow_pickle), meta)
+        _load_lora_run(model, folder, _lora_base(meta, folder, allow_pickle), meta)
     else:
         from groundup.train.checkpoint import load_weights
 
@@ -398,6 +403,39 @@ def _config_class(family: str) -> Any:
 
         return BertConfig
     raise CheckpointError(f"unknown model family {family!r} in a fine-tuned model folder")
+
+
+def weights_fingerprint(sd: dict[str, Tensor]) -> str:
+    """A cheap identity of a set of weights: names, shapes, dtypes and 64 values of each tensor.
+    A LoRA run keeps it, so a base model retrained in place is caught instead of silently used."""
+    h = hashlib.sha256()
+    for key in sorted(sd):
+        t = sd[key].detach()
+        h.update(f"{key}{tuple(t.shape)}{t.dtype}".encode())
+        flat = t.reshape(-1)
+        picks = flat[:: max(1, flat.numel() // 64)][:64]
+        h.update(picks.float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _lora_base(meta: dict[str, Any], folder: Path, allow_pickle: bool) -> BaseModel:
+    """The base a LoRA run was trained on, checked to be the same weights."""
+    base_path = meta.get("base")
+    if not base_path:
+        raise CheckpointError(f"{folder}/config.json lacks 'base'; the LoRA run is damaged")
+    if not Path(base_path).exists():
+        raise MissingFileError(
+            f"the base model of the LoRA run {folder} is missing ({base_path}); restore it "
+            "there, or fine-tune again"
+        )
+    base = load_base(base_path, allow_pickle=allow_pickle)
+    expected = meta.get("base_fingerprint")
+    if expected is not None and weights_fingerprint(base.state_dict) != expected:
+        raise CheckpointError(
+            f"the base model {base_path} has changed since the LoRA run {folder} was trained "
+            "(its weights differ); restore that base, or fine-tune again"
+        )
+    return base
 
 
 def _load_lora_run(model: nn.Module, folder: Path, base: BaseModel, meta: dict[str, Any]) -> None:
