@@ -76,21 +76,26 @@ def sft(tmp: Path, base: str, extra: list[str]) -> None:
     print(f"\nSFT of {base} on stdlib-qa (loss on response tokens only):")
     print(
         f"{'method':<8}{'trainable':>12}{'share':>9}{'val loss':>10}{'peak RSS MiB':>14}"
-        f"{'wall s':>8}{'model folder MB':>17}"
+        f"{'fit growth MiB':>16}{'wall s':>8}{'model folder MB':>17}"
     )
     for name, (r, _, wall) in runs.items():
         size = sum(f.stat().st_size for f in (tmp / name / "model").iterdir()) / 1e6
         print(
             f"{name:<8}{r['trainable_params']:>12,}"
             f"{100 * r['trainable_params'] / r['total_params']:>8.2f}%{r['val_loss']:>10.4f}"
-            f"{r['peak_rss_mib']:>14.0f}{wall:>8.0f}{size:>17.2f}"
+            f"{r['peak_rss_mib']:>14.0f}{r.get('fit_rss_growth_mib', float('nan')):>16.0f}"
+            f"{wall:>8.0f}{size:>17.2f}"
         )
     print("loss curve (val_loss at each evaluation):")
     for name, (_, rows, _) in runs.items():
         curve = [f"{row['step']}:{row['val_loss']:.3f}" for row in rows if "val_loss" in row]
         print(f"  {name:<6}" + " ".join(curve))
     lora, full = runs["lora"][0], runs["full"][0]
-    print(f"peak memory LoRA/full: {lora['peak_rss_mib'] / full['peak_rss_mib']:.2f}x")
+    print(
+        f"peak RSS LoRA/full: {lora['peak_rss_mib'] / full['peak_rss_mib']:.2f}x; memory that "
+        f"training adds (RSS growth during fit) LoRA/full: "
+        f"{lora['fit_rss_growth_mib'] / full['fit_rss_growth_mib']:.2f}x"
+    )
 
 
 def main() -> None:
