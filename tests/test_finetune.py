@@ -461,3 +461,27 @@ def test_chat_markers_that_are_not_special_tokens_end_the_reply(base_gpt: Path) 
         "chatml",
     )
     assert "<|im_end|>" not in text and len(text) <= 40 * 4
+
+
+def test_hub_ids_go_through_snapshot_download(
+    tmp_path: Path, base_gpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real download path, with the network call replaced by a local folder."""
+    hub = pytest.importorskip("huggingface_hub")
+    calls = []
+
+    def fake(repo_id: str, allow_patterns: list[str]) -> str:
+        calls.append((repo_id, allow_patterns))
+        return str(base_gpt / "model")
+
+    monkeypatch.setattr(hub, "snapshot_download", fake)
+    assert resolve_model_path("someone/tiny-gpt") == base_gpt / "model"
+    assert calls[0][0] == "someone/tiny-gpt" and "*.safetensors" in calls[0][1]
+    assert not any(p.endswith(".bin") for p in calls[0][1])  # never fetches pickles
+
+    def offline(repo_id: str, allow_patterns: list[str]) -> str:
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(hub, "snapshot_download", offline)
+    with pytest.raises(MissingFileError, match="cannot download someone/tiny-gpt"):
+        resolve_model_path("someone/tiny-gpt")
