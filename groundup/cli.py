@@ -40,23 +40,26 @@ def _prepare(args: argparse.Namespace) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> int | None:
-    if args.nproc is not None:  # one machine, N processes: torchrun re-runs this command
-        from groundup.train.distributed import launch_torchrun
-
-        return launch_torchrun(sys.argv[1:], args.nproc)
     from groundup.jobs.pretrain import run_pretrain
 
-    run_pretrain(args.config, args.overrides, overwrite=args.overwrite, resume=args.resume)
+    return _job_on_ranks(args, run_pretrain)
 
 
 def _finetune(args: argparse.Namespace) -> int | None:
-    if args.nproc is not None:  # one machine, N processes: torchrun re-runs this command
-        from groundup.train.distributed import launch_torchrun
-
-        return launch_torchrun(sys.argv[1:], args.nproc)
     from groundup.jobs.finetune import run_finetune
 
-    run_finetune(args.config, args.overrides, overwrite=args.overwrite, resume=args.resume)
+    return _job_on_ranks(args, run_finetune)
+
+
+def _job_on_ranks(args: argparse.Namespace, run: Callable) -> int | None:
+    """Run a training job here, or with --nproc N start torchrun to re-run this very command
+    on N processes of this machine (and return torchrun's exit code)."""
+    if args.nproc is not None:
+        from groundup.train.distributed import launch_torchrun
+
+        return launch_torchrun(args.argv, args.nproc)
+    run(args.config, args.overrides, overwrite=args.overwrite, resume=args.resume)
+    return None
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -253,7 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # `groundup finetune c.yaml --overwrite optim.lr=1e-4`: overrides after a flag still count
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
+    args.argv = argv  # --nproc re-runs this command under torchrun
     if extra:
         if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -127,3 +127,14 @@ def test_help(argv, capsys) -> None:
         main(argv)
     assert exc.value.code == 0
     assert "groundup" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_nproc_re_runs_the_given_command_under_torchrun(monkeypatch, command) -> None:
+    from groundup.train import distributed
+
+    seen = []
+    monkeypatch.setattr(distributed, "launch_torchrun", lambda argv, n: seen.append((argv, n)) or 7)
+    argv = [command, "c.yaml", "--nproc", "2", "optim.lr=1e-3"]
+    assert main(argv) == 7  # torchrun's exit code is the command's
+    assert seen == [(argv, 2)]  # the arguments given to main, not the test runner's sys.argv
