@@ -9,6 +9,7 @@ and the command that resumes.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -274,10 +275,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = args.handler(args)
     except TrainingInterrupted as exc:
-        resume = f"groundup {args.command} {getattr(args, 'config', '')} --resume".replace(
-            "  ", " "
-        )
-        print(f"{exc}; resume with: {resume}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank stopped at one step: one line
+            resume = f"groundup {args.command} {getattr(args, 'config', '')} --resume".replace(
+                "  ", " "
+            )
+            print(f"{exc}; resume with: {resume}", file=sys.stderr)
         return exc.exit_code
     except GroundupError as exc:
         # one line, whatever a user-supplied name inside the message contains

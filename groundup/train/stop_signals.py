@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# what a closed terminal sends (POSIX only): a launcher passes it on to its children
+HANGUP_SIGNALS = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
 
 
-def install_stop_handlers(handler: Callable[[int, Any], None]) -> dict[int, Any]:
-    """Install `handler` for SIGINT and SIGTERM; returns the previous handlers.
+def install_stop_handlers(
+    handler: Callable[[int, Any], None], signals: Sequence[int] = STOP_SIGNALS
+) -> dict[int, Any]:
+    """Install `handler` for `signals` (SIGINT and SIGTERM); returns the previous handlers.
 
     Python only allows handlers in the main thread; elsewhere the defaults stay (and {} is
     returned)."""
     if threading.current_thread() is not threading.main_thread():
         return {}
     previous: dict[int, Any] = {}
-    for sig in STOP_SIGNALS:
+    for sig in signals:
         try:
             previous[sig] = signal.signal(sig, handler)
         except (ValueError, OSError):  # not allowed here (embedded interpreter)
