@@ -15,7 +15,6 @@ reports and prints the sample.
 
 from __future__ import annotations
 
-import gc
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,24 +173,14 @@ def run_finetune(
     """`groundup finetune CONFIG`; returns the headline results (also in results.json).
 
     Under torchrun every rank runs this; errors name the rank ("rank 1: ...")."""
-    from groundup.errors import GroundupError
     from groundup.train import distributed as du
 
     cfg = config if config is not None else load_config(FinetuneConfig, config_path, overrides)
-    owned = du.launched() and not du.active()  # we start the process group, we end it
-    try:
-        device = du.init_distributed(
-            cfg.distributed.backend, cfg.train.device, cfg.distributed.timeout_minutes
-        )
-        results = _finetune(cfg, overwrite, resume, verbose, device)
-    except GroundupError as exc:
-        # no teardown here: peers may still wait in a collective; torchrun ends them
-        raise du.name_rank(exc) from None
-    if owned:
-        gc.collect()  # a DDP wrapper alive when the group ends can abort the exit (pretrain)
-        du.barrier()
-        du.teardown()
-    return results
+    return du.run_job(
+        cfg.distributed,
+        cfg.train.device,
+        lambda device: _finetune(cfg, overwrite, resume, verbose, device),
+    )
 
 
 def split_batch(t: FinetuneLoopConfig, world_size: int = 1) -> tuple[int, int]:

@@ -13,7 +13,6 @@ rank 0 logs, writes the results and the final model and prints the sample. The g
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 from dataclasses import dataclass, field
@@ -416,26 +415,14 @@ def run_pretrain(
     """`groundup pretrain CONFIG`: train a GPT from scratch; returns headline results.
 
     Under torchrun every rank runs this; errors name the rank ("rank 1: ...")."""
-    from groundup.errors import GroundupError
     from groundup.train import distributed as du
 
     cfg = config if config is not None else load_config(PretrainConfig, config_path, overrides)
-    owned = du.launched() and not du.active()  # we start the process group, we end it
-    try:
-        device = du.init_distributed(
-            cfg.distributed.backend, cfg.train.device, cfg.distributed.timeout_minutes
-        )
-        results = _pretrain(cfg, overwrite, resume, verbose, device)
-    except GroundupError as exc:
-        # no teardown here: peers may still wait in a collective; torchrun ends them
-        raise du.name_rank(exc) from None
-    if owned:
-        # Trap: a DDP wrapper still alive when the group goes away can abort the process at
-        # exit ("terminate called without an active exception"): free it, then end together.
-        gc.collect()
-        du.barrier()
-        du.teardown()
-    return results
+    return du.run_job(
+        cfg.distributed,
+        cfg.train.device,
+        lambda device: _pretrain(cfg, overwrite, resume, verbose, device),
+    )
 
 
 def _pretrain(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import gc
 import os
 import subprocess
 import sys
@@ -226,6 +227,28 @@ def name_rank(exc: GroundupError) -> GroundupError:
         if not exc.args[0].startswith("rank "):
             exc.args = (f"rank {rank()}: {exc.args[0]}", *exc.args[1:])
     return exc
+
+
+def run_job(config: DistributedConfig, device: str, job: Callable[[torch.device | None], T]) -> T:
+    """Run `job(rank_device)` as one rank of a torchrun job, or plainly in one process.
+
+    A user error is raised with its rank named ("rank 1: ..."); the process group this call
+    started is ended only after a clean finish (peers of a failed rank may still be waiting
+    in a collective: torchrun ends them).
+    """
+    owned = launched() and not active()  # we start the process group, we end it
+    try:
+        rank_device = init_distributed(config.backend, device, config.timeout_minutes)
+        result = job(rank_device)
+    except GroundupError as exc:
+        raise name_rank(exc) from None
+    if owned:
+        # Trap: a DDP wrapper still alive when the group goes away can abort the process at
+        # exit ("terminate called without an active exception"): free it, then end together.
+        gc.collect()
+        barrier()
+        teardown()
+    return result
 
 
 def record(fn: Callable[..., T]) -> Callable[..., T]:
