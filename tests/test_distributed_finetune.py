@@ -60,6 +60,12 @@ def results(run: Path) -> dict:
     return json.loads((run / "results.json").read_text())
 
 
+def epoch_values(run: Path, key: str) -> dict[int, float]:
+    """`key` of each epoch record of metrics.jsonl (written by rank 0), by epoch."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["epoch"]: r[key] for r in rows if r.get("event") == "epoch"}
+
+
 def one_process(config: Path) -> Path:
     cfg = yaml.safe_load(config.read_text())
     run_finetune(config, verbose=0)
@@ -117,6 +123,13 @@ def test_lora_classification_on_two_ranks_matches_one_process(tmp_path, base_gpt
     got, want = results(tmp_path / "ddp"), results(ref)
     assert got["world_size"] == 2 and abs(got["val_loss"] - want["val_loss"]) < 5e-5
     assert got["test_accuracy"] == want["test_accuracy"]
+    # the training accuracy of each epoch is over both ranks' examples (36), not rank 0's 18:
+    # the metric states are combined at epoch end, so it is the one-process value
+    got_acc, want_acc = epoch_values(tmp_path / "ddp", "accuracy"), epoch_values(ref, "accuracy")
+    assert sorted(want_acc) == [0, 1] and sorted(got_acc) == [0, 1]
+    for epoch, value in want_acc.items():
+        assert abs(got_acc[epoch] - value) < 1e-9, (epoch, got_acc[epoch], value)
+        assert abs(value * 36 - round(value * 36)) < 1e-9  # a count of 36 examples
     # LoRA folder (adapter + head) and the test report, written once by rank 0
     assert (tmp_path / "ddp" / "model" / "adapter.safetensors").is_file()
     assert (tmp_path / "ddp" / "confusion_matrix_test.csv").is_file()

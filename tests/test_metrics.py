@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -335,3 +336,145 @@ def test_classification_shape_errors():
     m.update(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ShapeError, match="3"):
         m.update(torch.zeros(4, 5), torch.zeros(4, dtype=torch.long))
+
+
+# --- combining parts (several ranks) -------------------------------------------------------
+
+
+def _cases(gen: torch.Generator) -> list[tuple[str, Metric, torch.Tensor, torch.Tensor]]:
+    """(label, fresh metric, outputs, targets) for every metric type, 16 samples each."""
+    probs, labels = class_data(gen, n=16, c=4)
+    labels[3] = -100  # ignore_index: skipped by every classification metric
+    binary = torch.rand(16, generator=gen)
+    bits = torch.randint(0, 2, (16,), generator=gen)
+    y = 1e6 + torch.randn(16, 2, generator=gen, dtype=torch.float64)  # R2 far from zero
+    pred = y + 0.3 * torch.randn(16, 2, generator=gen, dtype=torch.float64)
+    logits = torch.randn(16, 5, 7, generator=gen, dtype=torch.float64)  # sums exact enough
+    tokens = torch.randint(0, 7, (16, 5), generator=gen)
+    tokens[2, :3] = -100
+    cases = [
+        ("accuracy", Accuracy(), probs, labels),
+        ("binary accuracy", Accuracy(), binary, bits),
+        ("top-2", TopKAccuracy(k=2), probs, labels),
+        ("mse", get_metric("mse"), pred, y),
+        ("mae", get_metric("mae"), pred, y),
+        ("r2", R2Score(), pred, y),
+        ("perplexity", get_metric("perplexity"), logits, tokens),
+        ("function", get_metric(lambda o, t: (o - t).abs()), pred, y),
+        ("function float", get_metric(lambda o, t: float((o - t).square().mean())), pred, y),
+    ]
+    for cls in (Precision, F1, get_metric("recall").__class__):
+        for average in ("macro", "weighted", "micro"):
+            cases.append((f"{cls.name} {average}", cls(average=average), probs, labels))
+        cases.append((f"{cls.name} binary", cls(average="binary"), binary, bits))
+    return cases
+
+
+def _split(metric: Metric, outputs: torch.Tensor, targets: torch.Tensor, at: int):
+    """Two copies of `metric` fed the two halves [:at] and [at:] (uneven batches)."""
+    parts = []
+    for lo, hi in ((0, at), (at, len(outputs))):
+        part = copy.deepcopy(metric)
+        for start in range(lo, hi, 3):
+            end = min(start + 3, hi)
+            part.update(outputs[start:end], targets[start:end])
+        parts.append(part)
+    return parts
+
+
+@pytest.mark.parametrize("at", [7, 8])
+def test_merged_halves_equal_one_pass_for_every_metric(gen, at):
+    cases = _cases(gen)
+    differs = 0  # the test can fail: a half alone is (nearly always) not the whole
+    for label, metric, outputs, targets in cases:
+        whole = copy.deepcopy(metric)
+        whole.update(outputs, targets)
+        want = whole.compute()
+        assert math.isfinite(want), label
+        a, b = _split(metric, outputs, targets, at)
+        differs += a.compute() != pytest.approx(want, rel=1e-9)
+        states = [a.state(), b.state()]
+        a.merge(states)
+        assert a.compute() == pytest.approx(want, rel=1e-9, abs=1e-12), label
+        b.merge(states)  # every rank merges the same parts, its own among them
+        assert b.compute() == pytest.approx(want, rel=1e-9, abs=1e-12), label
+        # the merged metric keeps accumulating: the next epoch's reset starts over
+        a.update(outputs[:4], targets[:4])
+        a.reset()
+        assert math.isnan(a.compute()) or a.compute() == 0.0, label
+    assert differs >= len(cases) // 2
+
+
+def test_merge_through_float64_round_trip_and_empty_parts(gen):
+    """The collective flattens every state to float64; load_state gets its layout back."""
+    for label, metric, outputs, targets in _cases(gen):
+        whole = copy.deepcopy(metric)
+        whole.update(outputs, targets)
+        a, b = _split(metric, outputs, targets, 5)
+        wire = [[t.double().clone() for t in m.state()] for m in (a, b)]
+        a.merge(wire)
+        assert a.compute() == pytest.approx(whole.compute(), rel=1e-9, abs=1e-12), label
+        # a part that saw nothing adds nothing
+        empty = copy.deepcopy(metric)
+        b2 = copy.deepcopy(whole)
+        b2.merge([whole.state(), empty.state()])
+        assert b2.compute() == pytest.approx(whole.compute(), rel=1e-9, abs=1e-12), label
+        nothing = copy.deepcopy(metric)
+        nothing.merge([empty.state(), empty.state()])
+        assert math.isnan(nothing.compute()) or nothing.compute() == 0.0, label
+    cm = Precision()
+    cm.merge([[torch.tensor([[2.0, 1.0], [0.0, 3.0]], dtype=torch.float64)]])
+    assert cm.state()[0].dtype == torch.long  # counts come back as integers
+
+
+def test_a_metric_without_state_cannot_be_merged():
+    class Last(Metric):
+        def reset(self) -> None:
+            self.value = math.nan
+
+        def update(self, outputs, targets) -> None:
+            self.value = float(outputs.mean())
+
+        def compute(self) -> float:
+            return self.value
+
+    assert Last().state() is None
+    with pytest.raises(NotImplementedError, match="Last has no load_state"):
+        Last().merge([[torch.zeros(())], [torch.ones(())]])
+
+
+def test_sync_metrics_one_gather_for_all_metrics(gen, monkeypatch):
+    """data_parallel.sync_metrics under a simulated second rank: every metric equals its
+    one-pass value after one gather; the stateless one is handed back, untouched."""
+    from groundup.train import data_parallel
+
+    cases = _cases(gen)
+    halves = [_split(metric, o, t, 9) for _, metric, o, t in cases]
+    mine, theirs = [h[0] for h in halves], [h[1] for h in halves]
+
+    class Stateless(Accuracy):
+        def state(self):
+            return None
+
+    odd = Stateless()
+    odd.update(*cases[0][2:])
+    odd_value = odd.compute()
+    calls = []
+
+    def all_gather(out, flat):
+        calls.append(flat.shape)
+        other = [t.double().reshape(-1) for m in theirs for t in m.state()]
+        out[0].copy_(flat)
+        out[1].copy_(torch.cat(other))
+
+    assert data_parallel.sync_metrics(mine, torch.device("cpu")) == []  # one process: no-op
+    assert [m.compute() for m in mine] == [h[0].compute() for h in halves]
+    monkeypatch.setattr(data_parallel.dist_utils, "world_size", lambda: 2)
+    monkeypatch.setattr(data_parallel.dist, "all_gather", all_gather)
+    assert data_parallel.sync_metrics([*mine, odd], torch.device("cpu")) == [odd]
+    assert len(calls) == 1
+    for (label, metric, outputs, targets), m in zip(cases, mine):
+        whole = copy.deepcopy(metric)
+        whole.update(outputs, targets)
+        assert m.compute() == pytest.approx(whole.compute(), rel=1e-9, abs=1e-12), label
+    assert odd.compute() == odd_value

@@ -8,8 +8,11 @@ or "fsdp":
   the non-finite checks and SIGINT/SIGTERM stops agree on every rank (every step on the CPU; on
   GPUs at log steps, like the NaN check). Clipping sees the global norm.
 - Rank 0 alone writes metrics.jsonl and shows progress; evaluation splits the batches over the
-  ranks and all-reduces the sums. Checkpoints: DDP's state is replicated, so rank 0 writes the
-  usual safetensors checkpoint; FSDP2 writes a sharded torch.distributed.checkpoint.
+  ranks and all-reduces the sums. Training metrics (accuracy, F1, ...) accumulate on each
+  rank's share of the batches; at epoch end `sync_metrics` gathers their states in one
+  collective and merges them, so the logged values are over all the data.
+- Checkpoints: DDP's state is replicated, so rank 0 writes the usual safetensors checkpoint;
+  FSDP2 writes a sharded torch.distributed.checkpoint.
 - With one process (no torchrun) none of this runs: no collective, no extra work per step.
 """
 
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from groundup.errors import ConfigError
@@ -29,6 +33,7 @@ from groundup.train.batches import Batch
 from groundup.train.checkpoint import save_checkpoint, save_step_checkpoint, unwrap
 from groundup.train.checkpoint_dirs import step_dir_name
 from groundup.train.device import resolve_precision
+from groundup.train.metrics import Metric
 from groundup.train.sharded_checkpoint import save_sharded_checkpoint, save_sharded_step_checkpoint
 
 
@@ -90,6 +95,46 @@ def agree_loss_and_signal(
     signalled = torch.full((), float(signal or 0), device=device)
     both = dist_utils.all_reduce_sum(torch.stack([step_loss.float(), signalled]))
     return both[0], both[1]
+
+
+# ---------------------------------------------------------------- metrics
+def sync_metrics(metrics: Sequence[Metric], device: torch.device) -> list[Metric]:
+    """Make each metric the metric over every rank's data: one all_gather of all their states
+    (flattened to one float64 vector), then `Metric.merge` on every rank. Returns the metrics
+    that cannot be combined (`state()` is None): they keep this rank's share. One process:
+    nothing happens.
+
+    Every rank must call it. Trap: the states must have the same sizes on every rank (a
+    collective of mismatched sizes fails or hangs); they do in training, where every rank runs
+    the same steps through the same model, so the class and output axes agree.
+    """
+    world = dist_utils.world_size()
+    if world == 1:
+        return []
+    skipped: list[Metric] = []
+    owned: list[tuple[Metric, list[torch.Tensor]]] = []
+    for metric in metrics:
+        state = metric.state()
+        if state is None:
+            skipped.append(metric)
+        else:
+            owned.append((metric, list(state)))
+    pieces = [t.to(device=device, dtype=torch.float64).reshape(-1) for _, s in owned for t in s]
+    if not pieces:  # nothing to combine (the same on every rank): no collective
+        return skipped
+    flat = torch.cat(pieces)  # (L,)
+    gathered = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(gathered, flat)  # gloo and nccl both have the list form (torch >= 2.4)
+    offset = 0
+    for metric, state in owned:
+        per_rank: list[list[torch.Tensor]] = [[] for _ in range(world)]
+        for t in state:
+            n = t.numel()
+            for r in range(world):
+                per_rank[r].append(gathered[r][offset : offset + n].view(t.shape))
+            offset += n
+        metric.merge(per_rank)
+    return skipped
 
 
 # ---------------------------------------------------------------- evaluation

@@ -6,12 +6,17 @@ to `ignore_index` (-100: padding, prompt tokens) are skipped, so (B, T, C) LM ou
 
 State lives in tensors on the outputs' device and is read once, in `compute`. Counts known
 on the host stay Python ints: building a device tensor from a Python number would sync.
+
+Several ranks: `state()` hands out what `update` accumulated as tensors and `merge(states)`
+combines the parts seen by each rank (sums for counts, sums and confusion matrices; R2
+re-centres its shifted sums), so the Trainer logs training metrics over all the data with one
+collective at epoch end. A metric whose `state()` is None keeps its own rank's value.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -29,6 +34,20 @@ def _shape(t: Tensor) -> str:
 def _acc_dtype(device: torch.device) -> torch.dtype:
     """float64 accumulators, except on MPS, which has no float64."""
     return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _as_tensor(value: Tensor | float) -> Tensor:
+    """A state value as a tensor; Python numbers become float64 (as_tensor would pick float32)."""
+    if isinstance(value, Tensor):
+        return value.detach()
+    return torch.tensor(float(value), dtype=torch.float64)
+
+
+def _sum_parts(parts: Sequence[Tensor]) -> Tensor:
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part.to(total.device)
+    return total
 
 
 def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> Tensor:
@@ -109,6 +128,27 @@ class Metric:
         """The metric over everything since `reset` (NaN when nothing was seen)."""
         raise NotImplementedError
 
+    def state(self) -> list[Tensor] | None:
+        """What `update` accumulated, as tensors, so parts of the data seen apart (one per
+        rank) can be combined by `merge`; an empty list when nothing was seen. None (this
+        default): the metric cannot be combined, and under several ranks the Trainer logs
+        rank 0's value. Reads no device value: cheap, but called only at log time."""
+        return None
+
+    def load_state(self, state: Sequence[Tensor]) -> None:
+        """Replace the accumulated state by `state`, in `state()`'s layout."""
+        raise NotImplementedError(f"{type(self).__name__} has no load_state")
+
+    def merge(self, states: Sequence[Sequence[Tensor]]) -> None:
+        """Become the metric over all the data that `states` (one `state()` per part, this
+        metric's own among them) saw. The default sums the parts element-wise: right for
+        states made of counts and sums. Parts that saw nothing (empty lists) are skipped."""
+        parts = [list(p) for p in states if len(p)]
+        if not parts:
+            self.reset()
+            return
+        self.load_state([_sum_parts([p[i] for p in parts]) for i in range(len(parts[0]))])
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
@@ -145,6 +185,12 @@ class Accuracy(Metric):
     def compute(self) -> float:
         total = float(self._total)
         return float(self._correct) / total if total else math.nan
+
+    def state(self) -> list[Tensor]:
+        return [_as_tensor(self._correct), _as_tensor(self._total)]
+
+    def load_state(self, state: Sequence[Tensor]) -> None:
+        self._correct, self._total = state[0], state[1]
 
 
 class TopKAccuracy(Accuracy):
@@ -221,6 +267,13 @@ class _ConfusionMetric(Metric):
             )
         else:
             self._cm = self._cm + cm
+
+    def state(self) -> list[Tensor]:
+        return [] if self._cm is None else [self._cm]
+
+    def load_state(self, state: Sequence[Tensor]) -> None:
+        # counts may come back as float64 from a collective: exact below 2**53
+        self._cm = state[0].round().long() if len(state) else None
 
     def _score(self, tp: Tensor, predicted: Tensor, support: Tensor) -> Tensor:
         raise NotImplementedError
@@ -318,6 +371,12 @@ class MeanSquaredError(Metric):
     def compute(self) -> float:
         return float(self._sum) / self._count if self._count else math.nan
 
+    def state(self) -> list[Tensor]:
+        return [_as_tensor(self._sum), _as_tensor(self._count)]
+
+    def load_state(self, state: Sequence[Tensor]) -> None:
+        self._sum, self._count = state[0], int(round(float(state[1])))
+
 
 class MeanAbsoluteError(MeanSquaredError):
     """Mean of absolute errors over all values."""
@@ -368,6 +427,40 @@ class R2Score(Metric):
         r2 = torch.where(total > 0, 1 - sse / total.clamp(min=1e-300), (sse == 0).double())
         return float(r2.mean())
 
+    def state(self) -> list[Tensor]:
+        if self._shift is None:
+            return []
+        n = _as_tensor(self._n)
+        return [self._shift, n, self._sum, self._sum_sq, self._sse]
+
+    def load_state(self, state: Sequence[Tensor]) -> None:
+        if not len(state):
+            self.reset()
+            return
+        shift, n, self._sum, self._sum_sq, self._sse = state
+        self._shift, self._n = shift, int(round(float(n)))
+
+    def merge(self, states: Sequence[Sequence[Tensor]]) -> None:
+        """Not a plain sum: each part's sums are of targets minus its own shift (its first
+        target). They are moved to the first part's shift c before adding, with d = s - c:
+        sum(t - c) = S1 + n d and sum((t - c)^2) = S2 + 2 d S1 + n d^2. d is a difference of
+        two targets of the same data, so nothing large cancels."""
+        parts = [list(p) for p in states if len(p)]
+        if not parts:
+            self.reset()
+            return
+        shift = parts[0][0]
+        n, s1, s2, sse = 0, 0.0, 0.0, 0.0
+        for p_shift, p_n, p_sum, p_sum_sq, p_sse in parts:
+            d = p_shift.to(shift) - shift  # (D,)
+            k = float(p_n)
+            p_sum = p_sum.to(shift)
+            s1 = s1 + p_sum + k * d
+            s2 = s2 + p_sum_sq.to(shift) + 2 * d * p_sum + k * d.square()
+            sse = sse + p_sse.to(shift)
+            n += int(round(k))
+        self.load_state([shift, torch.tensor(float(n), dtype=torch.float64), s1, s2, sse])
+
 
 class Perplexity(Metric):
     """exp(mean token cross-entropy) from logits (B, T, V) or (B, V) and integer targets."""
@@ -408,6 +501,12 @@ class Perplexity(Metric):
         except OverflowError:
             return math.inf
 
+    def state(self) -> list[Tensor]:
+        return [_as_tensor(self._nll), _as_tensor(self._count)]
+
+    def load_state(self, state: Sequence[Tensor]) -> None:
+        self._nll, self._count = state[0], state[1]
+
 
 class FunctionMetric(Metric):
     """A plain `f(outputs, targets) -> tensor` averaged over samples (per-batch value weighted
@@ -431,6 +530,13 @@ class FunctionMetric(Metric):
 
     def compute(self) -> float:
         return float(self._sum) / self._count if self._count else math.nan
+
+    # a batch-size-weighted sum and a sample count: combined by summing, like MSE
+    def state(self) -> list[Tensor]:
+        return [_as_tensor(self._sum), _as_tensor(self._count)]
+
+    def load_state(self, state: Sequence[Tensor]) -> None:
+        self._sum, self._count = state[0], int(round(float(state[1])))
 
 
 METRICS: dict[str, type[Metric]] = {

@@ -19,7 +19,8 @@ Reliability:
   newest checkpoint); "skip" must decide before the optimizer step, so it syncs every step.
 
 Several ranks (torchrun, `strategy` "ddp" or "fsdp"): the step's item count and loss are
-all-reduced so training matches one process, and the ranks agree on stops; the details are in
+all-reduced so training matches one process, the ranks agree on stops, and the training
+metrics are combined over the ranks at epoch end; the details are in
 groundup.train.data_parallel. With one process none of it runs: no collective, no extra work.
 """
 
@@ -202,6 +203,7 @@ class Trainer:
         self.has_validation = False
         self._micro_share = 1.0  # this micro-batch's item count (scales a per-step penalty)
         self._stop_flag: torch.Tensor | None = None  # several ranks: any rank signalled
+        self._unsynced_noted = False  # several ranks: the note on uncombinable metrics is out
 
     # ---------------------------------------------------------------- setup
     def build_optimizer(self) -> torch.optim.Optimizer:
@@ -505,8 +507,8 @@ class Trainer:
             epoch_ended = self.steps_per_epoch is not None and (
                 self.step_in_epoch >= self.steps_per_epoch
             )
-            logs = self._epoch_logs(step_losses, step_sizes)
             if self.steps_per_epoch is not None:
+                logs = self._epoch_logs(step_losses, step_sizes)
                 if val is not None and not eval_every:
                     val_logs = self.evaluate(val, max_batches=eval_batches, prefix="val_")
                     logs.update(val_logs)
@@ -530,9 +532,23 @@ class Trainer:
             weights = torch.tensor(sizes, dtype=torch.float32)
             stacked = torch.stack([loss.float().cpu() for loss in losses])
             logs["loss"] = float((stacked * weights).sum() / weights.sum())
+        if self.world_size > 1 and self.metrics:
+            self._sync_metrics()
         for m in self.metrics:
             logs[m.name] = m.compute()
         return logs
+
+    def _sync_metrics(self) -> None:
+        """Several ranks: each metric over every rank's batches (one collective); a metric
+        that cannot be combined keeps rank 0's share, said once."""
+        unsynced = data_parallel.sync_metrics(self.metrics, self.device)
+        if unsynced and not self._unsynced_noted:
+            self._unsynced_noted = True
+            names = ", ".join(m.name for m in unsynced)
+            self.log_message(
+                f"training metric(s) {names} have no Metric.state() to combine across ranks: "
+                "their training values are rank 0's share of the data"
+            )
 
     def _evaluate_and_record(
         self, val: Iterable[Batch], eval_batches: int | None, callbacks: CallbackList
