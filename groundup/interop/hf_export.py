@@ -40,6 +40,7 @@ from groundup.models.bert import (
 )
 from groundup.models.gpt import GPT, GPTForSequenceClassification
 from groundup.train.checkpoint import unwrap
+from groundup.train.checkpoint_dirs import swap_in
 
 
 def export_hf(
@@ -86,7 +87,7 @@ def export_hf(
             bert = hf_config["model_type"] == "bert"
             _write_tokenizer(tmp, tokenizer, bert, block_size)
         _write_json(tmp / EXPORT_MARKER, marker)
-        _replace_dir(tmp, out)
+        swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -106,16 +107,6 @@ def _check_target(out: Path, overwrite: bool) -> None:
             f"export target {out} is not empty and is not a previous groundup export; pick an "
             "empty folder or pass overwrite=True (this deletes what is there)"
         )
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 _EXPORTABLE = (

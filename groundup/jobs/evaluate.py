@@ -23,16 +23,9 @@ def classification_results(
     """Predict `data`, report accuracy/macro-F1 and write the confusion matrix into `out_dir`."""
     from groundup.finetune.classification import classification_report, write_confusion_matrix
 
-    preds, targets = [], []
-    trainer.model.eval()
-    with torch.no_grad():
-        for batch in data:
-            x, y = trainer._to_device(batch)[:2]
-            with trainer._autocast():
-                logits = trainer._forward(x)
-            preds.append(logits.argmax(-1).cpu())
-            targets.append(y.cpu())
-    report = classification_report(torch.cat(preds), torch.cat(targets), labels)
+    preds = trainer.predict(data).argmax(-1)
+    targets = torch.cat([batch[1] for batch in data])  # the order predict saw: no shuffling
+    report = classification_report(preds, targets, labels)
     name = prefix.rstrip("_") or "eval"
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

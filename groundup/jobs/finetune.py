@@ -184,25 +184,11 @@ def run_finetune(
 
 
 def split_batch(t: FinetuneLoopConfig, world_size: int = 1) -> tuple[int, int]:
-    """(sequences per micro-batch on each rank, grad_accum) that keep the global batch of
-    train.batch_size x grad_accum sequences per optimizer step, whatever the number of ranks.
+    """(sequences per micro-batch on each rank, grad_accum) for the global batch of
+    train.batch_size x grad_accum sequences (see `distributed.split_sequences`)."""
+    from groundup.train.distributed import split_sequences
 
-    The largest micro-batch <= batch_size that divides the rank's share is used (as pretrain's
-    `split_global_batch` does). sft and classification then train on the same examples at every
-    step on any N (and resume into each other); causal_lm's random windows are the same draws
-    when grad_accum stays as configured (batch_size a multiple of N and grad_accum 1).
-    """
-    sequences = t.batch_size * t.grad_accum
-    if sequences % world_size:
-        raise ConfigError(
-            f"the global batch of {sequences} sequences (train.batch_size {t.batch_size} x "
-            f"grad_accum {t.grad_accum}) cannot be split over {world_size} ranks; make "
-            f"batch_size x grad_accum a multiple of {world_size} (e.g. "
-            f"{world_size * max(1, sequences // world_size)} sequences)"
-        )
-    share = sequences // world_size
-    batch = max(b for b in range(1, min(t.batch_size, share) + 1) if share % b == 0)
-    return batch, share // batch
+    return split_sequences(t.batch_size, t.grad_accum, world_size)
 
 
 def _strategy(cfg: FinetuneConfig, world_size: int) -> str:

@@ -170,11 +170,14 @@ def load_base(path: str | Path, allow_pickle: bool = False) -> BaseModel:
     kind = meta.get("model_type")
     if kind == GROUNDUP_GPT:
         settings = {k: v for k, v in meta.items() if k != "model_type"}
+        config = GPTConfig.from_dict(settings)
+        tokenizer = Tokenizer.load(folder / "tokenizer.json")
+        tokenizer.check_fits(config.vocab_size)
         return BaseModel(
             family="gpt",
-            config=GPTConfig.from_dict(settings),
+            config=config,
             state_dict=_weights(folder / "model.safetensors"),
-            tokenizer=Tokenizer.load(folder / "tokenizer.json"),
+            tokenizer=tokenizer,
             path=folder,
         )
     if kind == FINETUNED:
@@ -269,30 +272,10 @@ def build_task_model(
 def _load_into(
     model: nn.Module, sd: dict[str, Tensor], where: Path, allow_missing: tuple[str, ...] = ()
 ) -> None:
-    """load_state_dict with one-line errors; tied weights and `allow_missing` may be absent."""
-    from groundup.train.checkpoint import _tied_keys
+    from groundup.train.checkpoint import load_tensors
 
-    expected = model.state_dict()
-    tied = _tied_keys(model)
-    missing = [
-        k for k in expected if k not in sd and k not in tied and not k.startswith(allow_missing)
-    ]
-    unexpected = [k for k in sd if k not in expected]
-    wrong = [
-        f"{k} {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sd
-        if k in expected and sd[k].shape != expected[k].shape
-    ]
-    if wrong:
-        raise CheckpointError(f"shape mismatch loading {where}: " + "; ".join(wrong[:3]))
-    if missing or unexpected:
-        parts = [f"missing keys {missing[:5]}"] if missing else []
-        parts += [f"unexpected keys {unexpected[:5]}"] if unexpected else []
-        raise CheckpointError(
-            f"the weights in {where} do not fit the model: {', '.join(parts)}; "
-            "the folder's config.json and weights disagree"
-        )
-    model.load_state_dict(sd, strict=False)
+    fix = "the folder's config.json and weights disagree"
+    load_tensors(model, sd, f"the weights in {where}", allow_missing=allow_missing, fix=fix)
 
 
 # ------------------------------------------------------------------ fine-tuned model folders

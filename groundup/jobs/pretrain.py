@@ -266,17 +266,9 @@ def split_global_batch(
                 f"{per_micro * max(1, round(t.tokens_per_step / per_micro))}) or change batch_size"
             )
         return t.batch_size, t.tokens_per_step // per_micro
-    sequences = t.batch_size * t.grad_accum
-    if sequences % world_size:
-        raise ConfigError(
-            f"the global batch of {sequences} sequences (train.batch_size {t.batch_size} x "
-            f"grad_accum {t.grad_accum}) cannot be split over {world_size} ranks; make "
-            f"batch_size x grad_accum a multiple of {world_size}, or use "
-            f"{world_size * max(1, sequences // world_size)} sequences"
-        )
-    share = sequences // world_size
-    batch = max(b for b in range(1, min(t.batch_size, share) + 1) if share % b == 0)
-    return batch, share // batch
+    from groundup.train.distributed import split_sequences
+
+    return split_sequences(t.batch_size, t.grad_accum, world_size)
 
 
 def save_model_dir(
@@ -300,36 +292,11 @@ def save_model_dir(
 
 
 def load_model_dir(path: str | Path, device: str = "cpu"):
-    """Load a GPT saved by `save_model_dir` (a run directory's `model/` or the run itself)."""
-    from groundup.data.tokenizers import Tokenizer
-    from groundup.models.gpt import GPT, GPTConfig
-    from groundup.train.checkpoint import load_weights
+    """(GPT, tokenizer) saved by `save_model_dir` (a run directory's `model/` or the run)."""
+    from groundup.jobs.model_io import load_model
 
-    path = Path(path)
-    if (path / "model" / "config.json").is_file():
-        path = path / "model"
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise MissingFileError(
-            f"no model in {path}: expected config.json, model.safetensors and tokenizer.json "
-            "(give a run directory of groundup pretrain or its model/ folder)"
-        )
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{config_file} is not valid JSON ({exc.msg})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{config_file} is not UTF-8 text; re-save the model") from None
-    if not isinstance(config, dict):
-        raise ConfigError(
-            f"{config_file} must hold a JSON object of GPT settings; re-save the model"
-        )
-    config.pop("model_type", None)
-    model = GPT(GPTConfig.from_dict(config))
-    load_weights(model, path / "model.safetensors")
-    tokenizer = Tokenizer.load(path / "tokenizer.json")
-    tokenizer.check_fits(model.config.vocab_size)
-    return model.to(device), tokenizer
+    loaded = load_model(path)
+    return loaded.model.to(device), loaded.tokenizer
 
 
 def sample_text(model, tokenizer, sample: SampleConfig, stream: bool = False) -> str:

@@ -51,6 +51,7 @@ from groundup.train.checkpoint_dirs import (
     read_state,
     step_checkpoints,
     step_dir_name,
+    swap_in,
     write_latest,
     write_state,
 )
@@ -109,10 +110,28 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Non
         raise CheckpointError(
             f"cannot read {path}: {exc}; the file is truncated or not safetensors"
         ) from None
+    load_tensors(model, tensors, path, strict=strict)
+
+
+def load_tensors(
+    model: nn.Module,
+    tensors: dict[str, torch.Tensor],
+    source: str | Path,
+    strict: bool = True,
+    allow_missing: tuple[str, ...] = (),
+    fix: str = "check the model config",
+) -> None:
+    """Load `tensors` into `model` after checking them: a shape mismatch is always an error,
+    missing or unexpected keys are with `strict` (tied weights, and keys starting with
+    `allow_missing`, may be absent). `source` names where they came from, `fix` the remedy."""
     target = unwrap(model)
     expected = target.state_dict()
     shared = _tied_keys(target)
-    missing = [k for k in expected if k not in tensors and k not in shared]
+    missing = [
+        k
+        for k in expected
+        if k not in tensors and k not in shared and not k.startswith(allow_missing)
+    ]
     unexpected = [k for k in tensors if k not in expected]
     wrong = [
         f"{k} {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -120,16 +139,11 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Non
         if k in expected and tensors[k].shape != expected[k].shape
     ]
     if wrong:
-        raise CheckpointError(f"shape mismatch loading {path}: " + "; ".join(wrong[:3]))
+        raise CheckpointError(f"shape mismatch loading {source}: " + "; ".join(wrong[:3]))
     if strict and (missing or unexpected):
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:5]}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:5]}")
-        raise CheckpointError(
-            f"{path} does not fit this model: {', '.join(parts)}; check the model config"
-        )
+        parts = [f"missing keys {missing[:5]}"] if missing else []
+        parts += [f"unexpected keys {unexpected[:5]}"] if unexpected else []
+        raise CheckpointError(f"{source} does not fit this model: {', '.join(parts)}; {fix}")
     target.load_state_dict(tensors, strict=False)
 
 
@@ -208,13 +222,7 @@ def save_checkpoint(
     save_file(extra_tensors, str(tmp / OPTIMIZER_FILE))
     write_state(tmp, payload)
     fsync_dir(tmp)
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    fsync_dir(path.parent)
-    if old.exists():
-        shutil.rmtree(old)
+    swap_in(tmp, path)
     return path
 
 

@@ -166,3 +166,16 @@ def prune_checkpoints(directory: str | Path, keep_last: int) -> list[Path]:
         if leftover and child.is_dir() and int(leftover.group(2)) != os.getpid():
             shutil.rmtree(child, ignore_errors=True)
     return removed
+
+
+def swap_in(tmp: Path, path: Path) -> None:
+    """Put the finished folder `tmp` at `path`, replacing an older one, by renames only; the
+    rename is made durable and the old copy deleted last, so a crash leaves one whole folder
+    (plus a `.NAME.old-PID` leftover that prune_checkpoints clears)."""
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    fsync_dir_only(path.parent)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)

@@ -229,6 +229,26 @@ def name_rank(exc: GroundupError) -> GroundupError:
     return exc
 
 
+def split_sequences(batch_size: int, grad_accum: int, world_size: int) -> tuple[int, int]:
+    """(sequences per micro-batch on each rank, grad_accum) for a global batch of
+    batch_size x grad_accum sequences, whatever the number of ranks.
+
+    The largest micro-batch <= batch_size that divides the rank's share is used, so one
+    process and N ranks train on the same sequences per step (and resume into each other).
+    """
+    sequences = batch_size * grad_accum
+    if sequences % world_size:
+        raise ConfigError(
+            f"the global batch of {sequences} sequences (train.batch_size {batch_size} x "
+            f"grad_accum {grad_accum}) cannot be split over {world_size} ranks; make "
+            f"batch_size x grad_accum a multiple of {world_size} (e.g. "
+            f"{world_size * max(1, sequences // world_size)} sequences)"
+        )
+    share = sequences // world_size
+    batch = max(b for b in range(1, min(batch_size, share) + 1) if share % b == 0)
+    return batch, share // batch
+
+
 def run_job(config: DistributedConfig, device: str, job: Callable[[torch.device | None], T]) -> T:
     """Run `job(rank_device)` as one rank of a torchrun job, or plainly in one process.
 

@@ -32,11 +32,11 @@ from groundup.train.checkpoint_dirs import (
     DCP_DIR,
     RNG_FILE,
     fsync_dir,
-    fsync_dir_only,
     is_sharded_checkpoint,
     prune_checkpoints,
     read_state,
     step_dir_name,
+    swap_in,
     write_latest,
     write_state,
 )
@@ -121,13 +121,7 @@ def save_sharded_checkpoint(
         write_state(tmp, payload)
         fsync_dir(tmp / DCP_DIR)
         fsync_dir(tmp)
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-        fsync_dir_only(path.parent)
-        if old.exists():
-            shutil.rmtree(old)
+        swap_in(tmp, path)
     dist.barrier()
     return path
 

@@ -663,14 +663,15 @@ class Trainer:
         if isinstance(data, torch.Tensor):
             data = [(data[i : i + batch_size],) for i in range(0, data.shape[0], batch_size)]
         outs = []
-        for batch in data:
-            x = self._to_device(tuple(batch))[0]
-            with self._autocast():
-                out = self._forward(x)
-            out = out.float()
-            if self.output_transform is not None:
-                out = self.output_transform(out)
-            outs.append(out.cpu())
+        with torch.no_grad():  # no autograd graph: prediction keeps no activations
+            for batch in data:
+                x = self._to_device(tuple(batch))[0]
+                with self._autocast():
+                    out = self._forward(x)
+                out = out.float()
+                if self.output_transform is not None:
+                    out = self.output_transform(out)
+                outs.append(out.cpu())
         self.model.train(was_training)
         return torch.cat(outs) if outs else torch.empty(0)
 
