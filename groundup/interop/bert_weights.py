@@ -15,13 +15,14 @@ Layout differences that matter:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from groundup.errors import CheckpointError, ConfigError
+from groundup.errors import ConfigError
+from groundup.interop.checks import check_fits
 from groundup.models.bert import Bert, BertConfig, BertMLMHead
 
 _TOP = {
@@ -241,29 +242,5 @@ def _expected_ours(sd: Mapping[str, Tensor], cfg: BertConfig, prefix: str) -> di
     return expected
 
 
-def _few(keys: Iterable[str], n: int = 5) -> str:
-    keys = sorted(keys)
-    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
-
-
 def _check(sd: Mapping[str, Tensor], expected: Mapping[str, Any], what: str) -> None:
-    shapes = {k: tuple(getattr(v, "shape", v)) for k, v in expected.items()}
-    missing, unexpected = set(shapes) - set(sd), set(sd) - set(shapes)
-    wrong = [
-        f"{k} {tuple(sd[k].shape)} vs {shapes[k]}"
-        for k in sorted(set(sd) & set(shapes))
-        if tuple(sd[k].shape) != shapes[k]
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_few(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_few(unexpected)}")
-    if wrong:
-        problems.append(f"shape mismatches (got vs expected): {_few(wrong, 3)}")
-    if problems:
-        raise CheckpointError(
-            f"{what} does not fit the BERT config ({'; '.join(problems)}); check that the "
-            "config (n_layer, n_embd, vocab_size, block_size, ...) matches the checkpoint"
-        )
+    check_fits(sd, expected, what, "BERT", "n_layer, n_embd, vocab_size, block_size, ...")

@@ -16,13 +16,14 @@ Layout differences that matter:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from groundup.errors import CheckpointError, ConfigError
+from groundup.interop.checks import check_fits, few
 from groundup.models.gpt import GPT, GPTConfig
 
 # Our per-layer names -> HF per-layer names (after "transformer.h.{i}." / "model.layers.{i}.").
@@ -438,38 +439,14 @@ def _expected_hf_shapes(cfg: GPTConfig, include_tied: bool = False) -> dict[str,
     return {k: v.shape for k, v in state_dict_to_hf(sd, cfg, include_tied=include_tied).items()}
 
 
-def _few(keys: Iterable[str], n: int = 5) -> str:
-    keys = sorted(keys)
-    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
-
-
 def _check_against(sd: Mapping[str, Tensor], expected: Mapping[str, torch.Size], what: str) -> None:
-    missing = set(expected) - set(sd)
-    unexpected = set(sd) - set(expected)
-    wrong = [
-        f"{k} {tuple(sd[k].shape)} vs {tuple(expected[k])}"
-        for k in sorted(set(sd) & set(expected))
-        if sd[k].shape != expected[k]
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_few(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_few(unexpected)}")
-    if wrong:
-        problems.append(f"shape mismatches (got vs expected): {_few(wrong, 3)}")
-    if problems:
-        raise CheckpointError(
-            f"{what} does not fit the GPT config ({'; '.join(problems)}); check that the "
-            "config (flavour, sizes, tie_embeddings, bias) matches the checkpoint"
-        )
+    check_fits(sd, expected, what, "GPT", "flavour, sizes, tie_embeddings, bias")
 
 
 def _check_zero_biases(sd: Mapping[str, Tensor]) -> None:
     nonzero = [k for k, t in sd.items() if k.endswith(".bias") and bool(t.any())]
     if nonzero:
         raise CheckpointError(
-            f"checkpoint has nonzero biases ({_few(nonzero, 3)}) but the config says bias=False; "
+            f"checkpoint has nonzero biases ({few(nonzero, 3)}) but the config says bias=False; "
             "set bias=True"
         )

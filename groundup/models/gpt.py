@@ -11,7 +11,6 @@ passes them to `Block`, so the forward pass has no flavour branches.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ from groundup.models.blocks import (
     RotaryEmbedding,
     SwiGLU,
 )
+from groundup.models.model_config import ModelConfig, check_positive_int
 from groundup.registry import lookup
 
 FLAVOURS = {"gpt2": "gpt2", "llama": "llama"}
@@ -39,111 +39,6 @@ def llama_intermediate_size(n_embd: int, multiple_of: int = 256) -> int:
     """Llama's SwiGLU width: 2/3 of 4*n_embd (same FLOPs as a GELU MLP), rounded up."""
     hidden = int(8 * n_embd / 3)
     return multiple_of * math.ceil(hidden / multiple_of)
-
-
-@dataclass
-class GPTConfig:
-    """Shape and options of a GPT. `None` fields take the flavour's default in __post_init__."""
-
-    flavour: str = "gpt2"
-    n_layer: int = 12
-    n_head: int = 12
-    n_kv_head: int | None = None  # None: n_head (plain multi-head attention)
-    n_embd: int = 768
-    block_size: int = 1024
-    vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64 for fast matmuls
-    intermediate_size: int | None = None  # None: 4*n_embd (gpt2), llama_intermediate_size (llama)
-    dropout: float = 0.0
-    bias: bool | None = None  # None: True (gpt2), False (llama)
-    rope_theta: float = 10000.0  # llama only
-    norm_eps: float = 1e-5
-    tie_embeddings: bool | None = None  # None: True (gpt2), False (llama)
-    init_std: float = 0.02
-    # gpt2 MLP: "gelu_tanh" (GPT-2's own, HF "gelu_new") or "gelu" (exact erf, as nanoGPT;
-    # about 2x cheaper on CPUs). llama always uses SwiGLU ("silu").
-    activation: str | None = None
-    # Biases on the q/k/v projections even when bias=False (Qwen2); llama flavour only.
-    # With bias=True the projections have biases anyway and this changes nothing.
-    qkv_bias: bool = False
-
-    def __post_init__(self) -> None:
-        self.flavour = lookup(FLAVOURS, self.flavour, "model flavour")
-        gpt2 = self.flavour == "gpt2"
-        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
-            _check_positive_int(name, getattr(self, name))
-        if self.n_kv_head is None:
-            self.n_kv_head = self.n_head
-        _check_positive_int("n_kv_head", self.n_kv_head)
-        if self.intermediate_size is None:
-            self.intermediate_size = (
-                4 * self.n_embd if gpt2 else llama_intermediate_size(self.n_embd)
-            )
-        _check_positive_int("intermediate_size", self.intermediate_size)
-        if self.bias is None:
-            self.bias = gpt2
-        if self.tie_embeddings is None:
-            self.tie_embeddings = gpt2
-        if self.activation is None:
-            self.activation = "gelu_tanh" if gpt2 else "silu"
-        valid = ("gelu_tanh", "gelu") if gpt2 else ("silu",)
-        if self.activation not in valid:
-            raise ConfigError(
-                f"activation {self.activation!r} is not available for flavour {self.flavour!r}; "
-                f"use one of {', '.join(valid)}"
-            )
-        if self.n_embd % self.n_head:
-            raise ConfigError(
-                f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}; "
-                "pick n_embd as a multiple of n_head (e.g. head size 64)"
-            )
-        if self.n_head % self.n_kv_head:
-            raise ConfigError(
-                f"n_head {self.n_head} is not divisible by n_kv_head {self.n_kv_head}; "
-                "set n_kv_head to a divisor of n_head"
-            )
-        if gpt2 and self.n_kv_head != self.n_head:
-            raise ConfigError(
-                f"n_kv_head {self.n_kv_head} != n_head {self.n_head} needs flavour 'llama'; "
-                "grouped-query attention is not part of GPT-2 (drop n_kv_head or switch flavour)"
-            )
-        if not gpt2 and self.head_dim % 2:
-            raise ConfigError(
-                f"head size n_embd/n_head = {self.head_dim} is odd; RoPE needs an even head size"
-            )
-        if gpt2 and self.qkv_bias:
-            raise ConfigError(
-                "qkv_bias is a llama-flavour option (Qwen2); for flavour 'gpt2' use bias=True"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        for name in ("rope_theta", "norm_eps", "init_std"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> GPTConfig:
-        """A preset by name, e.g. `GPTConfig.from_name("gpt2-small", n_layer=6)`."""
-        preset = lookup(PRESETS, name, "model preset")
-        return cls.from_dict({**preset, **overrides})
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
-        """Build from a plain dict (YAML, checkpoint): unknown keys and wrong types are errors."""
-        from groundup.config import from_dict
-
-        return from_dict(cls, d, kind="GPT config")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
 # Presets: plain dicts of GPTConfig fields. Vocabulary sizes are placeholders wherever a
@@ -194,6 +89,97 @@ PRESETS: dict[str, dict[str, Any]] = {
         tie_embeddings=True,
     ),
 }
+
+
+@dataclass
+class GPTConfig(ModelConfig):
+    """Shape and options of a GPT. `None` fields take the flavour's default in __post_init__.
+
+    `from_name`, `from_dict`, `to_dict`: ModelConfig.
+    """
+
+    presets = PRESETS
+    preset_kind = "model preset"
+    config_kind = "GPT config"
+
+    flavour: str = "gpt2"
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int | None = None  # None: n_head (plain multi-head attention)
+    n_embd: int = 768
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64 for fast matmuls
+    intermediate_size: int | None = None  # None: 4*n_embd (gpt2), llama_intermediate_size (llama)
+    dropout: float = 0.0
+    bias: bool | None = None  # None: True (gpt2), False (llama)
+    rope_theta: float = 10000.0  # llama only
+    norm_eps: float = 1e-5
+    tie_embeddings: bool | None = None  # None: True (gpt2), False (llama)
+    init_std: float = 0.02
+    # gpt2 MLP: "gelu_tanh" (GPT-2's own, HF "gelu_new") or "gelu" (exact erf, as nanoGPT;
+    # about 2x cheaper on CPUs). llama always uses SwiGLU ("silu").
+    activation: str | None = None
+    # Biases on the q/k/v projections even when bias=False (Qwen2); llama flavour only.
+    # With bias=True the projections have biases anyway and this changes nothing.
+    qkv_bias: bool = False
+
+    def __post_init__(self) -> None:
+        self.flavour = lookup(FLAVOURS, self.flavour, "model flavour")
+        gpt2 = self.flavour == "gpt2"
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
+            check_positive_int(name, getattr(self, name))
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        check_positive_int("n_kv_head", self.n_kv_head)
+        if self.intermediate_size is None:
+            self.intermediate_size = (
+                4 * self.n_embd if gpt2 else llama_intermediate_size(self.n_embd)
+            )
+        check_positive_int("intermediate_size", self.intermediate_size)
+        if self.bias is None:
+            self.bias = gpt2
+        if self.tie_embeddings is None:
+            self.tie_embeddings = gpt2
+        if self.activation is None:
+            self.activation = "gelu_tanh" if gpt2 else "silu"
+        valid = ("gelu_tanh", "gelu") if gpt2 else ("silu",)
+        if self.activation not in valid:
+            raise ConfigError(
+                f"activation {self.activation!r} is not available for flavour {self.flavour!r}; "
+                f"use one of {', '.join(valid)}"
+            )
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}; "
+                "pick n_embd as a multiple of n_head (e.g. head size 64)"
+            )
+        if self.n_head % self.n_kv_head:
+            raise ConfigError(
+                f"n_head {self.n_head} is not divisible by n_kv_head {self.n_kv_head}; "
+                "set n_kv_head to a divisor of n_head"
+            )
+        if gpt2 and self.n_kv_head != self.n_head:
+            raise ConfigError(
+                f"n_kv_head {self.n_kv_head} != n_head {self.n_head} needs flavour 'llama'; "
+                "grouped-query attention is not part of GPT-2 (drop n_kv_head or switch flavour)"
+            )
+        if not gpt2 and self.head_dim % 2:
+            raise ConfigError(
+                f"head size n_embd/n_head = {self.head_dim} is odd; RoPE needs an even head size"
+            )
+        if gpt2 and self.qkv_bias:
+            raise ConfigError(
+                "qkv_bias is a llama-flavour option (Qwen2); for flavour 'gpt2' use bias=True"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("rope_theta", "norm_eps", "init_std"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
 
 
 class GPT(nn.Module):
