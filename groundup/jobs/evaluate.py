@@ -67,19 +67,11 @@ def run_evaluate(
     meta = tm.meta
     text_field = text_field or meta.get("text_field", "text")
     label_field = label_field or meta.get("label_field", "label")
-    forward = None
-    if tm.task == "classification" and tm.family == "bert":
-        pad = tm.pad_id
-
-        def forward(ids: torch.Tensor) -> torch.Tensor:
-            return tm.model(ids, attention_mask=ids.ne(pad))
-
     trainer = Trainer(
         tm.model,
         loss=SparseCategoricalCrossentropy(from_logits=True),
         device=device,
         precision="fp32",
-        forward=forward,
         verbose=0,
         report_perplexity=tm.task != "classification",
     )

@@ -295,8 +295,6 @@ def _finetune(
     )
     if best_val_loss is not None and checkpoint.tracker is not None:
         checkpoint.tracker.best = best_val_loss
-    if cfg.task == "classification" and base.family == "bert":
-        _mask_padding(model, pad_id)
     trainer = Trainer(
         model,
         loss=SparseCategoricalCrossentropy(from_logits=True),
@@ -394,19 +392,6 @@ def _finetune(
         results["sample"] = _sample(plain.eval(), tokenizer, cfg, stream=bool(verbose))
     du.barrier()
     return results
-
-
-def _mask_padding(model: torch.nn.Module, pad_id: int) -> None:
-    """BERT classifiers: the attention mask derived from the ids on every call, by a forward
-    pre-hook rather than a custom forward function, so DDP/FSDP2 (which train through the
-    model's own forward) and the plain path mask padding the same way."""
-
-    def hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if kwargs.get("attention_mask") is None and len(args) < 2:
-            kwargs = {**kwargs, "attention_mask": args[0].ne(pad_id)}
-        return args, kwargs
-
-    model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
 def _save_model(

@@ -248,7 +248,9 @@ def build_task_model(
     if base.family == "bert":
         from groundup.models.bert import BertForSequenceClassification
 
-        model = BertForSequenceClassification(base.config, num_labels, pooling=pooling)
+        model = BertForSequenceClassification(
+            base.config, num_labels, pooling=pooling, pad_id=_pad(base)
+        )
         if pretrained:
             encoder = dict(base.trunk if base.trunk is not None else base.state_dict)
             if pooling != "cls":
@@ -342,6 +344,8 @@ def load_model(path: str | Path, allow_pickle: bool = False) -> TaskModel:
             # transformers would pool the last position, padding included: use the tokenizer's
             base.hf.pad_id = _pad(base)
         model = base.hf.build()
+        if base.task == "seq_cls" and base.family == "bert":
+            model.pad_id = _pad(base)  # ids alone are enough: padding is masked by the model
         pad = base.hf.pad_id if base.task == "seq_cls" and base.family == "gpt" else _pad(base)
         return TaskModel(
             model, base.tokenizer, base.family, tasks[base.task], base.labels, pad, meta

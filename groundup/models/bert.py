@@ -270,9 +270,13 @@ class BertForSequenceClassification(nn.Module):
     pooling="cls": HF's pooler (dense + tanh on the first token), the HF checkpoint layout;
     pooling="mean": mean over real tokens (how sentence-transformers models such as
     all-MiniLM-L6-v2 were trained), no pooler parameters.
+    pad_id: called without an attention_mask, the model masks the ids equal to it, so a
+    Trainer can feed right-padded ids alone (as GPTForSequenceClassification does).
     """
 
-    def __init__(self, config: BertConfig, num_labels: int, pooling: str = "cls") -> None:
+    def __init__(
+        self, config: BertConfig, num_labels: int, pooling: str = "cls", pad_id: int | None = None
+    ) -> None:
         super().__init__()
         check_positive_int("num_labels", num_labels)
         if pooling not in POOLINGS:
@@ -281,6 +285,7 @@ class BertForSequenceClassification(nn.Module):
                 f"use one of {', '.join(POOLINGS)}"
             )
         self.config, self.num_labels, self.pooling = config, num_labels, pooling
+        self.pad_id = pad_id
         self.bert = Bert(config, add_pooler=pooling == "cls")
         self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.classifier = nn.Linear(config.n_embd, num_labels)
@@ -292,6 +297,8 @@ class BertForSequenceClassification(nn.Module):
         attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
     ) -> Tensor:
+        if attention_mask is None and self.pad_id is not None:
+            attention_mask = idx.ne(self.pad_id)  # (B, T)
         hidden = self.bert(idx, attention_mask, token_type_ids)  # (B, T, C)
         if self.pooling == "cls":
             pooled = self.bert.pool(hidden)
