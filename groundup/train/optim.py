@@ -263,8 +263,10 @@ class OptimizerSpec:
         return _construct(self.torch_cls, groups, impl, self.torch_kwargs())
 
     def torch_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of `torch_cls` (everything but params and the implementation)."""
-        raise NotImplementedError
+        """Keyword arguments of `torch_cls` (everything but params and the implementation):
+        every field, since the specs name their fields as torch does (Keras names are InitVars).
+        """
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def to_dict(self) -> dict[str, Any]:
         """{"name": ..., **hyperparameters}, plain types only (YAML/JSON-ready)."""
@@ -296,14 +298,6 @@ class SGD(OptimizerSpec):
         if self.nesterov and self.momentum == 0:
             raise ConfigError("optimizer 'sgd': nesterov=True needs momentum > 0; set momentum")
 
-    def torch_kwargs(self) -> dict[str, Any]:
-        return {
-            "lr": self.lr,
-            "momentum": self.momentum,
-            "nesterov": self.nesterov,
-            "weight_decay": self.weight_decay,
-        }
-
 
 @dataclass
 class Adam(OptimizerSpec):
@@ -325,15 +319,6 @@ class Adam(OptimizerSpec):
         self.eps = _eps(n, self.eps)
         self.weight_decay = _wd(n, self.weight_decay)
         self.amsgrad = bool(self.amsgrad)
-
-    def torch_kwargs(self) -> dict[str, Any]:
-        return {
-            "lr": self.lr,
-            "betas": self.betas,
-            "eps": self.eps,
-            "weight_decay": self.weight_decay,
-            "amsgrad": self.amsgrad,
-        }
 
 
 @dataclass
@@ -373,16 +358,6 @@ class RMSprop(OptimizerSpec):
         self.momentum = _momentum(n, self.momentum)
         self.centered = bool(self.centered)
         self.weight_decay = _wd(n, self.weight_decay)
-
-    def torch_kwargs(self) -> dict[str, Any]:
-        return {
-            "lr": self.lr,
-            "alpha": self.alpha,
-            "eps": self.eps,
-            "momentum": self.momentum,
-            "centered": self.centered,
-            "weight_decay": self.weight_decay,
-        }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -621,9 +596,6 @@ class MuonSpec(OptimizerSpec):
                 params_or_model, self.weight_decay, self.adamw_weight_decay
             )
         return Muon(params_or_model, **self.torch_kwargs())
-
-    def torch_kwargs(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 OPTIMIZERS: dict[str, type[OptimizerSpec]] = {

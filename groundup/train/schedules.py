@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -147,10 +147,19 @@ class StepSchedule(Schedule):
         return self.gamma ** (max(step, 0) // self.step_size)
 
 
+# Decay curves from 1 at p=0 down to 0 at p=1: cosine/linear schedules and WSD's decay_shape.
+_DECAYS: dict[str, Callable[[float], float]] = {
+    "linear": lambda p: 1.0 - p,
+    "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p)),
+    "sqrt": lambda p: 1.0 - math.sqrt(p),
+}
+
+
 @dataclass
 class _WarmupDecay(Schedule):
     """Linear warmup to 1, then `_decay` from 1 to min_lr_ratio over the remaining steps."""
 
+    _shape: ClassVar[str]  # a key of _DECAYS
     warmup_steps: int = 0
     total_steps: int | None = None
     min_lr_ratio: float = 0.0
@@ -163,15 +172,12 @@ class _WarmupDecay(Schedule):
         self.min_lr_ratio = _ratio(n, "min_lr_ratio", self.min_lr_ratio)
         _check_warmup_total(n, self.warmup_steps, self.total_steps)
 
-    def _decay(self, progress: float) -> float:
-        raise NotImplementedError
-
     def factor(self, step: int) -> float:
         total = _needs_total(self)
         if step < self.warmup_steps:
             return _warmup(max(step, 0), self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps) / (total - self.warmup_steps))
-        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * self._decay(progress)
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * _DECAYS[self._shape](progress)
 
 
 @dataclass
@@ -179,12 +185,8 @@ class CosineSchedule(_WarmupDecay):
     """Linear warmup to 1, then half a cosine down to min_lr_ratio at total_steps."""
 
     name: ClassVar[str] = "cosine"
-    warmup_steps: int = 0
-    total_steps: int | None = None
+    _shape = "cosine"
     min_lr_ratio: float = 0.1
-
-    def _decay(self, progress: float) -> float:
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -192,15 +194,10 @@ class LinearSchedule(_WarmupDecay):
     """Linear warmup to 1, then a straight line down to min_lr_ratio (0 by default)."""
 
     name: ClassVar[str] = "linear"
-    warmup_steps: int = 0
-    total_steps: int | None = None
-    min_lr_ratio: float = 0.0
-
-    def _decay(self, progress: float) -> float:
-        return 1.0 - progress
+    _shape = "linear"
 
 
-_WSD_SHAPES = ("linear", "cosine", "sqrt")
+_WSD_SHAPES = tuple(_DECAYS)
 
 
 @dataclass
@@ -255,13 +252,7 @@ class WSDSchedule(Schedule):
         if step < start or length == 0:
             return 1.0
         p = min(1.0, (step - start) / length)
-        if self.decay_shape == "linear":
-            shape = 1.0 - p
-        elif self.decay_shape == "cosine":
-            shape = 0.5 * (1.0 + math.cos(math.pi * p))
-        else:
-            shape = 1.0 - math.sqrt(p)
-        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * shape
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * _DECAYS[self.decay_shape](p)
 
 
 SCHEDULES: dict[str, type[Schedule]] = {

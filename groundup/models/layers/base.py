@@ -20,10 +20,12 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from groundup.errors import ConfigError, ShapeError
 from groundup.models.activations import ActivationFn, activation_name, get_activation
+from groundup.models.layers.initializers import check_initializer, initialize
 from groundup.models.regularizers import RegularizerLike, get_regularizer, serialize_regularizer
 from groundup.registry import did_you_mean
 
@@ -183,6 +185,46 @@ class Layer(nn.Module):
             penalty = reg(self.get_parameter(param_name))
             total = penalty if total is None else total + penalty
         return total
+
+    # ---- kernel and bias (Dense, Conv2D) ---------------------------------------------------
+
+    def _init_kernel_bias(
+        self,
+        use_bias: bool,
+        kernel_initializer: str,
+        bias_initializer: str,
+        kernel_regularizer: RegularizerLike,
+        bias_regularizer: RegularizerLike,
+    ) -> None:
+        """Check and keep the kernel/bias arguments (Keras' names) before the layer is built."""
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = check_initializer(kernel_initializer)
+        self.bias_initializer = check_initializer(bias_initializer)
+        self.kernel_regularizer = get_regularizer(kernel_regularizer)
+        self.bias_regularizer = get_regularizer(bias_regularizer)
+
+    def _build_kernel_bias(
+        self, kernel_shape: tuple[int, ...], bias_size: int, fan_in: int, fan_out: int
+    ) -> None:
+        """Create `kernel` and `bias` (None without use_bias), initialized with Keras' fans."""
+        self.kernel = nn.Parameter(torch.empty(kernel_shape))
+        initialize(self.kernel_initializer, self.kernel, fan_in, fan_out)
+        self._add_regularizer("kernel", self.kernel_regularizer)
+        if self.use_bias:
+            self.bias = nn.Parameter(torch.empty(bias_size))
+            initialize(self.bias_initializer, self.bias, fan_in, fan_out)
+            self._add_regularizer("bias", self.bias_regularizer)
+        else:
+            self.register_parameter("bias", None)
+
+    def _kernel_bias_config(self) -> dict[str, Any]:
+        return {
+            "use_bias": self.use_bias,
+            "kernel_initializer": self.kernel_initializer,
+            "bias_initializer": self.bias_initializer,
+            "kernel_regularizer": self._reg_config(self.kernel_regularizer),
+            "bias_regularizer": self._reg_config(self.bias_regularizer),
+        }
 
     def count_params(self) -> int:
         """Number of trainable and frozen parameters (0 before the layer is built)."""

@@ -14,15 +14,13 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from groundup.errors import ShapeError
 from groundup.models.activations import ActivationFn
 from groundup.models.layers.base import Layer, Shape, choice, int_pair, known, positive_int
-from groundup.models.layers.initializers import check_initializer, initialize
-from groundup.models.regularizers import RegularizerLike, get_regularizer
+from groundup.models.regularizers import RegularizerLike
 
 PADDINGS = ("valid", "same")
 DATA_FORMATS = ("channels_last", "channels_first")
@@ -142,11 +140,9 @@ class Conv2D(_Spatial2D):
         self._init_spatial(self.kernel_size, self.strides, padding, data_format)
         self._dilation = self.dilation_rate
         self._set_activation(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = check_initializer(kernel_initializer)
-        self.bias_initializer = check_initializer(bias_initializer)
-        self.kernel_regularizer = get_regularizer(kernel_regularizer)
-        self.bias_regularizer = get_regularizer(bias_regularizer)
+        self._init_kernel_bias(
+            use_bias, kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer
+        )
         self.in_channels = -1
 
     def compute_output_shape(self, input_shape: Sequence[int | None]) -> Shape:
@@ -157,16 +153,9 @@ class Conv2D(_Spatial2D):
         c = input_shape[-1] if self._channels_last else input_shape[0]
         self.in_channels = known(c, "number of input channels", self._who)
         kh, kw = self.kernel_size
-        self.kernel = nn.Parameter(torch.empty(self.filters, self.in_channels, kh, kw))
         fan_in, fan_out = self.in_channels * kh * kw, self.filters * kh * kw
-        initialize(self.kernel_initializer, self.kernel, fan_in, fan_out)
-        if self.use_bias:
-            self.bias = nn.Parameter(torch.empty(self.filters))
-            initialize(self.bias_initializer, self.bias, fan_in, fan_out)
-            self._add_regularizer("bias", self.bias_regularizer)
-        else:
-            self.register_parameter("bias", None)
-        self._add_regularizer("kernel", self.kernel_regularizer)
+        kernel_shape = (self.filters, self.in_channels, kh, kw)
+        self._build_kernel_bias(kernel_shape, self.filters, fan_in, fan_out)
 
     def call(self, x: Tensor) -> Tensor:
         x = self._to_nchw(x)  # (B, C, H, W)
@@ -194,11 +183,7 @@ class Conv2D(_Spatial2D):
             "data_format": self.data_format,
             "dilation_rate": list(self.dilation_rate),
             "activation": self._activation_config(),
-            "use_bias": self.use_bias,
-            "kernel_initializer": self.kernel_initializer,
-            "bias_initializer": self.bias_initializer,
-            "kernel_regularizer": self._reg_config(self.kernel_regularizer),
-            "bias_regularizer": self._reg_config(self.bias_regularizer),
+            **self._kernel_bias_config(),
         }
 
 

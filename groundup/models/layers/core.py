@@ -73,11 +73,9 @@ class Dense(Layer):
         super().__init__(input_shape=input_shape, name=name)
         self.units = positive_int(units, "units", self._who)
         self._set_activation(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = check_initializer(kernel_initializer)
-        self.bias_initializer = check_initializer(bias_initializer)
-        self.kernel_regularizer = get_regularizer(kernel_regularizer)
-        self.bias_regularizer = get_regularizer(bias_regularizer)
+        self._init_kernel_bias(
+            use_bias, kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer
+        )
         self.in_features = -1  # set by build; the per-call width check compares against it
 
     def compute_output_shape(self, input_shape: Sequence[int | None]) -> Shape:
@@ -90,16 +88,8 @@ class Dense(Layer):
 
     def _build(self, input_shape: Shape) -> None:
         self.in_features = known(input_shape[-1], "input width (last axis)", self._who)
-        self.kernel = nn.Parameter(torch.empty(self.in_features, self.units))
-        initialize(self.kernel_initializer, self.kernel, self.in_features, self.units)
-        if self.use_bias:
-            self.bias = nn.Parameter(torch.empty(self.units))
-            initialize(self.bias_initializer, self.bias, self.in_features, self.units)
-        else:
-            self.register_parameter("bias", None)
-        self._add_regularizer("kernel", self.kernel_regularizer)
-        if self.use_bias:
-            self._add_regularizer("bias", self.bias_regularizer)
+        n_in = self.in_features
+        self._build_kernel_bias((n_in, self.units), self.units, n_in, self.units)
 
     def call(self, x: Tensor) -> Tensor:
         if x.dim() < 2 or x.shape[-1] != self.in_features:
@@ -112,11 +102,7 @@ class Dense(Layer):
         return {
             "units": self.units,
             "activation": self._activation_config(),
-            "use_bias": self.use_bias,
-            "kernel_initializer": self.kernel_initializer,
-            "bias_initializer": self.bias_initializer,
-            "kernel_regularizer": self._reg_config(self.kernel_regularizer),
-            "bias_regularizer": self._reg_config(self.bias_regularizer),
+            **self._kernel_bias_config(),
         }
 
 

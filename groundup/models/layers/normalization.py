@@ -29,7 +29,46 @@ def _axis_index(axis: int, rank: int, who: str) -> int:
     return axis % rank
 
 
-class BatchNormalization(Layer):
+class _Affine(Layer):
+    """The gamma (scale) and beta (center) that both normalization layers learn."""
+
+    def _init_affine(
+        self,
+        center: bool,
+        scale: bool,
+        beta_initializer: str,
+        gamma_initializer: str,
+        beta_regularizer: RegularizerLike,
+        gamma_regularizer: RegularizerLike,
+    ) -> None:
+        self.center, self.scale = bool(center), bool(scale)
+        self.beta_initializer = check_initializer(beta_initializer)
+        self.gamma_initializer = check_initializer(gamma_initializer)
+        self.beta_regularizer = get_regularizer(beta_regularizer)
+        self.gamma_regularizer = get_regularizer(gamma_regularizer)
+
+    def _build_affine(self, shape: tuple[int, ...]) -> None:
+        self.gamma = nn.Parameter(torch.empty(shape)) if self.scale else None
+        self.beta = nn.Parameter(torch.empty(shape)) if self.center else None
+        if self.gamma is not None:
+            initialize(self.gamma_initializer, self.gamma)
+            self._add_regularizer("gamma", self.gamma_regularizer)
+        if self.beta is not None:
+            initialize(self.beta_initializer, self.beta)
+            self._add_regularizer("beta", self.beta_regularizer)
+
+    def _affine_config(self) -> dict[str, Any]:
+        return {
+            "center": self.center,
+            "scale": self.scale,
+            "beta_initializer": self.beta_initializer,
+            "gamma_initializer": self.gamma_initializer,
+            "beta_regularizer": self._reg_config(self.beta_regularizer),
+            "gamma_regularizer": self._reg_config(self.gamma_regularizer),
+        }
+
+
+class BatchNormalization(_Affine):
     """Normalizes each feature/channel with batch statistics while training and with moving
     averages at inference.
 
@@ -63,13 +102,11 @@ class BatchNormalization(Layer):
         self.axis = axis
         self.momentum = unit_float(momentum, "momentum", self._who, closed=True)
         self.epsilon = positive_float(epsilon, "epsilon", self._who)
-        self.center, self.scale = bool(center), bool(scale)
-        self.beta_initializer = check_initializer(beta_initializer)
-        self.gamma_initializer = check_initializer(gamma_initializer)
+        self._init_affine(
+            center, scale, beta_initializer, gamma_initializer, beta_regularizer, gamma_regularizer
+        )
         self.moving_mean_initializer = check_initializer(moving_mean_initializer)
         self.moving_variance_initializer = check_initializer(moving_variance_initializer)
-        self.beta_regularizer = get_regularizer(beta_regularizer)
-        self.gamma_regularizer = get_regularizer(gamma_regularizer)
         self._torch_momentum = 1.0 - self.momentum  # trap: torch weighs the *new* batch
         self._rank = -1
         self._ax = -1
@@ -85,14 +122,7 @@ class BatchNormalization(Layer):
         n = self.num_features = known(
             input_shape[self._ax - 1], "size of the normalized axis", self._who
         )
-        self.gamma = nn.Parameter(torch.empty(n)) if self.scale else None
-        self.beta = nn.Parameter(torch.empty(n)) if self.center else None
-        if self.gamma is not None:
-            initialize(self.gamma_initializer, self.gamma)
-            self._add_regularizer("gamma", self.gamma_regularizer)
-        if self.beta is not None:
-            initialize(self.beta_initializer, self.beta)
-            self._add_regularizer("beta", self.beta_regularizer)
+        self._build_affine((n,))
         self.register_buffer("moving_mean", torch.empty(n))
         self.register_buffer("moving_variance", torch.empty(n))
         initialize(self.moving_mean_initializer, self.moving_mean)
@@ -122,18 +152,13 @@ class BatchNormalization(Layer):
             "axis": self.axis,
             "momentum": self.momentum,
             "epsilon": self.epsilon,
-            "center": self.center,
-            "scale": self.scale,
-            "beta_initializer": self.beta_initializer,
-            "gamma_initializer": self.gamma_initializer,
             "moving_mean_initializer": self.moving_mean_initializer,
             "moving_variance_initializer": self.moving_variance_initializer,
-            "beta_regularizer": self._reg_config(self.beta_regularizer),
-            "gamma_regularizer": self._reg_config(self.gamma_regularizer),
+            **self._affine_config(),
         }
 
 
-class LayerNormalization(Layer):
+class LayerNormalization(_Affine):
     """Normalizes each sample over `axis` (an int or a list of Keras axes), then scales by
     gamma and shifts by beta, both shaped like the normalized axes."""
 
@@ -163,11 +188,9 @@ class LayerNormalization(Layer):
         self.axis: int | list[int] = axis if isinstance(axis, int) else list(axis)
         self._axes_spec = list(axes)
         self.epsilon = positive_float(epsilon, "epsilon", self._who)
-        self.center, self.scale = bool(center), bool(scale)
-        self.beta_initializer = check_initializer(beta_initializer)
-        self.gamma_initializer = check_initializer(gamma_initializer)
-        self.beta_regularizer = get_regularizer(beta_regularizer)
-        self.gamma_regularizer = get_regularizer(gamma_regularizer)
+        self._init_affine(
+            center, scale, beta_initializer, gamma_initializer, beta_regularizer, gamma_regularizer
+        )
         self._axes: list[int] = []
         self._rank = -1
         self._trailing = True
@@ -198,14 +221,7 @@ class LayerNormalization(Layer):
             self._param_shape = tuple(
                 full[a] if a in self._axes else 1 for a in range(1, self._rank)
             )
-        self.gamma = nn.Parameter(torch.empty(self._param_shape)) if self.scale else None
-        self.beta = nn.Parameter(torch.empty(self._param_shape)) if self.center else None
-        if self.gamma is not None:
-            initialize(self.gamma_initializer, self.gamma)
-            self._add_regularizer("gamma", self.gamma_regularizer)
-        if self.beta is not None:
-            initialize(self.beta_initializer, self.beta)
-            self._add_regularizer("beta", self.beta_regularizer)
+        self._build_affine(self._param_shape)
 
     def call(self, x: Tensor) -> Tensor:
         if x.dim() != self._rank or any(x.shape[a] != n for a, n in self._sizes):
@@ -227,10 +243,5 @@ class LayerNormalization(Layer):
         return {
             "axis": self.axis,
             "epsilon": self.epsilon,
-            "center": self.center,
-            "scale": self.scale,
-            "beta_initializer": self.beta_initializer,
-            "gamma_initializer": self.gamma_initializer,
-            "beta_regularizer": self._reg_config(self.beta_regularizer),
-            "gamma_regularizer": self._reg_config(self.gamma_regularizer),
+            **self._affine_config(),
         }

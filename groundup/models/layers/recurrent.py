@@ -26,11 +26,15 @@ class _Recurrent(Layer):
 
     _gates = 1
     _redundant_bias = True  # torch's bias_hh only duplicates bias_ih (not so in a GRU)
+    _activations: tuple[str, ...] = ("tanh",)  # what the fused kernel offers
+    _recurrent_activations: tuple[str, ...] = ("sigmoid",)  # () when there are no gates
     _repr_keys = ("units", "return_sequences")
 
     def __init__(
         self,
         units: int,
+        activation: str,
+        recurrent_activation: str | None,
         use_bias: bool,
         return_sequences: bool,
         kernel_initializer: str,
@@ -44,6 +48,11 @@ class _Recurrent(Layer):
     ) -> None:
         super().__init__(input_shape=input_shape, name=name)
         self.units = positive_int(units, "units", self._who)
+        self.activation = self._check_fixed("activation", activation, self._activations)
+        if self._recurrent_activations:
+            self.recurrent_activation = self._check_fixed(
+                "recurrent_activation", recurrent_activation, self._recurrent_activations
+            )
         self.use_bias = bool(use_bias)
         self.return_sequences = bool(return_sequences)
         self.kernel_initializer = check_initializer(kernel_initializer)
@@ -103,9 +112,13 @@ class _Recurrent(Layer):
         out, _ = self.rnn(x)  # (B, T, units)
         return out if self.return_sequences else out[:, -1]  # (B, units): the last step
 
-    def _base_config(self) -> dict[str, Any]:
+    def _config(self) -> dict[str, Any]:
+        gated = self._recurrent_activations
+        gates = {"recurrent_activation": self.recurrent_activation} if gated else {}
         return {
             "units": self.units,
+            "activation": self.activation,
+            **gates,
             "use_bias": self.use_bias,
             "return_sequences": self.return_sequences,
             "kernel_initializer": self.kernel_initializer,
@@ -123,6 +136,9 @@ class SimpleRNN(_Recurrent):
     The activation is internal to the recurrence: `output_activation` is None.
     """
 
+    _activations = ("tanh", "relu")
+    _recurrent_activations = ()
+
     def __init__(
         self,
         units: int,
@@ -139,20 +155,16 @@ class SimpleRNN(_Recurrent):
         name: str | None = None,
     ) -> None:
         super().__init__(
-            units, use_bias, return_sequences, kernel_initializer, recurrent_initializer,
-            bias_initializer, kernel_regularizer, recurrent_regularizer, bias_regularizer,
-            input_shape, name,
+            units, activation, None, use_bias, return_sequences, kernel_initializer,
+            recurrent_initializer, bias_initializer, kernel_regularizer, recurrent_regularizer,
+            bias_regularizer, input_shape, name,
         )  # fmt: skip
-        self.activation = self._check_fixed("activation", activation, ("tanh", "relu"))
 
     def _make_rnn(self, in_features: int) -> nn.RNNBase:
         return nn.RNN(
             in_features, self.units, nonlinearity=self.activation, bias=self.use_bias,
             batch_first=True,
         )  # fmt: skip
-
-    def _config(self) -> dict[str, Any]:
-        return {"activation": self.activation, **self._base_config()}
 
 
 class LSTM(_Recurrent):
@@ -178,14 +190,10 @@ class LSTM(_Recurrent):
         name: str | None = None,
     ) -> None:
         super().__init__(
-            units, use_bias, return_sequences, kernel_initializer, recurrent_initializer,
-            bias_initializer, kernel_regularizer, recurrent_regularizer, bias_regularizer,
-            input_shape, name,
+            units, activation, recurrent_activation, use_bias, return_sequences,
+            kernel_initializer, recurrent_initializer, bias_initializer, kernel_regularizer,
+            recurrent_regularizer, bias_regularizer, input_shape, name,
         )  # fmt: skip
-        self.activation = self._check_fixed("activation", activation, ("tanh",))
-        self.recurrent_activation = self._check_fixed(
-            "recurrent_activation", recurrent_activation, ("sigmoid",)
-        )
         self.unit_forget_bias = bool(unit_forget_bias)
 
     def _make_rnn(self, in_features: int) -> nn.RNNBase:
@@ -198,12 +206,7 @@ class LSTM(_Recurrent):
             initialize("ones", self.rnn.bias_ih_l0[self.units : 2 * self.units])
 
     def _config(self) -> dict[str, Any]:
-        return {
-            "activation": self.activation,
-            "recurrent_activation": self.recurrent_activation,
-            "unit_forget_bias": self.unit_forget_bias,
-            **self._base_config(),
-        }
+        return {**super()._config(), "unit_forget_bias": self.unit_forget_bias}
 
 
 class GRU(_Recurrent):
@@ -229,21 +232,10 @@ class GRU(_Recurrent):
         name: str | None = None,
     ) -> None:
         super().__init__(
-            units, use_bias, return_sequences, kernel_initializer, recurrent_initializer,
-            bias_initializer, kernel_regularizer, recurrent_regularizer, bias_regularizer,
-            input_shape, name,
+            units, activation, recurrent_activation, use_bias, return_sequences,
+            kernel_initializer, recurrent_initializer, bias_initializer, kernel_regularizer,
+            recurrent_regularizer, bias_regularizer, input_shape, name,
         )  # fmt: skip
-        self.activation = self._check_fixed("activation", activation, ("tanh",))
-        self.recurrent_activation = self._check_fixed(
-            "recurrent_activation", recurrent_activation, ("sigmoid",)
-        )
 
     def _make_rnn(self, in_features: int) -> nn.RNNBase:
         return nn.GRU(in_features, self.units, bias=self.use_bias, batch_first=True)
-
-    def _config(self) -> dict[str, Any]:
-        return {
-            "activation": self.activation,
-            "recurrent_activation": self.recurrent_activation,
-            **self._base_config(),
-        }
