@@ -29,14 +29,20 @@ def lookup(registry: Mapping[str, T], name: str, kind: str) -> T:
     raise ConfigError(f"unknown {kind} '{name}'{did_you_mean(key, registry)}; valid names: {valid}")
 
 
-def construct(cls: type[T], kwargs: dict[str, Any], what: str) -> T:
-    """`cls(**kwargs)`, with unknown keyword names reported as a ConfigError listing the valid ones."""
+def construct(cls: type[T], kwargs: Mapping[str, Any], what: str, noun: str = "argument") -> T:
+    """`cls(**kwargs)`, with unknown keyword names reported as a ConfigError naming them, the
+    closest valid one and every valid one ("unknown option 'lrr' for optimizer 'adam' ...")."""
     params = inspect.signature(cls).parameters.values()
     valid = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
+        plural = "s" if len(unknown) > 1 else ""
         raise ConfigError(
-            f"unknown argument(s) {', '.join(unknown)} for {what}"
-            f"{did_you_mean(unknown[0], valid)}; valid arguments: {', '.join(valid) or 'none'}"
+            f"unknown {noun}{plural} {', '.join(repr(k) for k in unknown)} for {what}"
+            f"{did_you_mean(unknown[0], valid)}; valid {noun}s: {', '.join(valid) or 'none'}"
         )
+    missing = [p.name for p in params if p.default is p.empty and p.name in valid]
+    missing = [k for k in missing if k not in kwargs]
+    if missing:
+        raise ConfigError(f"{what} needs the {noun} '{missing[0]}' in its config")
     return cls(**kwargs)

@@ -13,7 +13,7 @@ from typing import Any
 from torch import Tensor
 
 from groundup.errors import ConfigError
-from groundup.registry import did_you_mean, lookup
+from groundup.registry import construct, lookup
 
 
 def _coefficient(value: Any, arg: str, owner: str) -> float:
@@ -126,14 +126,7 @@ def _from_dict(spec: Mapping[str, Any]) -> Regularizer:
             f"regularizer dict needs a 'type' key (one of L1, L2, L1L2), got keys {sorted(spec)}"
         )
     cls = lookup(REGULARIZERS, str(name), "regularizer")
-    valid = ["l1"] if cls is L1 else ["l2"] if cls is L2 else ["l1", "l2"]
-    for key in kwargs:
-        if key not in valid:
-            raise ConfigError(
-                f"unknown argument '{key}' for regularizer {cls.__name__}"
-                f"{did_you_mean(key, valid)}; valid arguments: {', '.join(valid)}"
-            )
-    return cls(**kwargs)
+    return construct(cls, kwargs, f"regularizer {cls.__name__}")
 
 
 def serialize_regularizer(reg: Regularizer | Callable[[Tensor], Tensor] | None, owner: str) -> Any:

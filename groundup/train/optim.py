@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from groundup.errors import ConfigError
-from groundup.registry import did_you_mean, lookup
+from groundup.registry import construct, lookup
 
 __all__ = [
     "OPTIMIZERS",
@@ -611,18 +611,6 @@ OPTIMIZERS: dict[str, type[OptimizerSpec]] = {
 # Entry points
 
 
-def _make(cls: type[OptimizerSpec], kwargs: Mapping[str, Any]) -> OptimizerSpec:
-    valid = sorted(inspect.signature(cls).parameters)
-    unknown = sorted(k for k in kwargs if k not in valid)
-    if unknown:
-        hint = did_you_mean(unknown[0], valid)
-        raise ConfigError(
-            f"unknown option(s) {', '.join(repr(k) for k in unknown)} for optimizer "
-            f"'{cls.name}'{hint}; valid options: {', '.join(valid)}"
-        )
-    return cls(**kwargs)
-
-
 def optimizer_spec(
     spec: str | Mapping[str, Any] | OptimizerSpec, **overrides: Any
 ) -> OptimizerSpec:
@@ -634,7 +622,7 @@ def optimizer_spec(
         if not overrides:
             return spec
         kwargs = {k: v for k, v in spec.to_dict().items() if k != "name"}
-        return _make(type(spec), {**kwargs, **overrides})
+        return construct(type(spec), {**kwargs, **overrides}, f"optimizer '{spec.name}'", "option")
     if isinstance(spec, Mapping):
         kwargs = dict(spec)
         if "name" not in kwargs:
@@ -642,9 +630,10 @@ def optimizer_spec(
                 f"optimizer config needs a 'name' (one of: {', '.join(sorted(OPTIMIZERS))})"
             )
         cls = lookup(OPTIMIZERS, kwargs.pop("name"), "optimizer")
-        return _make(cls, {**kwargs, **overrides})
+        return construct(cls, {**kwargs, **overrides}, f"optimizer '{cls.name}'", "option")
     if isinstance(spec, str):
-        return _make(lookup(OPTIMIZERS, spec, "optimizer"), overrides)
+        cls = lookup(OPTIMIZERS, spec, "optimizer")
+        return construct(cls, overrides, f"optimizer '{cls.name}'", "option")
     raise ConfigError(
         "optimizer must be a name ('adam'), a dict {'name': ..., ...}, a spec (Adam(lr=1e-3)) "
         f"or a torch.optim.Optimizer; got {type(spec).__name__}"

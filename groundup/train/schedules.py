@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 
 from groundup.errors import ConfigError
-from groundup.registry import did_you_mean, lookup
+from groundup.registry import construct, lookup
 
 __all__ = [
     "SCHEDULES",
@@ -264,17 +264,6 @@ SCHEDULES: dict[str, type[Schedule]] = {
 }
 
 
-def _make(cls: type[Schedule], kwargs: Mapping[str, Any]) -> Schedule:
-    valid = sorted(inspect.signature(cls).parameters)
-    unknown = sorted(k for k in kwargs if k not in valid)
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) {', '.join(repr(k) for k in unknown)} for schedule "
-            f"'{cls.name}'{did_you_mean(unknown[0], valid)}; valid options: {', '.join(valid)}"
-        )
-    return cls(**kwargs)
-
-
 def build_schedule(
     spec: str | Mapping[str, Any] | Schedule | None,
     total_steps: int | None = None,
@@ -314,4 +303,4 @@ def build_schedule(
         settings["total_steps"] = total_steps
     if isinstance(spec, Schedule) and settings == dataclasses.asdict(spec):
         return spec
-    return _make(cls, settings)
+    return construct(cls, settings, f"schedule '{cls.name}'", "option")

@@ -15,7 +15,6 @@ Subclasses implement `call` (the computation minus the output activation), `_bui
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,7 +26,7 @@ from groundup.errors import ConfigError, ShapeError
 from groundup.models.activations import ActivationFn, activation_name, get_activation
 from groundup.models.layers.initializers import check_initializer, initialize
 from groundup.models.regularizers import RegularizerLike, get_regularizer, serialize_regularizer
-from groundup.registry import did_you_mean
+from groundup.registry import construct, did_you_mean
 
 Shape = tuple[int | None, ...]  # per-sample shape, no batch axis; None = unknown (e.g. time)
 
@@ -252,18 +251,7 @@ class Layer(nn.Module):
     def from_config(cls, config: Mapping[str, Any]) -> Layer:
         """Rebuild a layer of this class from `get_config()` output (the "type" key optional)."""
         kwargs = {k: v for k, v in config.items() if k != "type"}
-        params = inspect.signature(cls).parameters
-        valid = [p for p in params if params[p].kind is not inspect.Parameter.VAR_KEYWORD]
-        for key in kwargs:
-            if key not in valid:
-                raise ConfigError(
-                    f"unknown argument '{key}' for layer {cls.__name__}{did_you_mean(key, valid)}; "
-                    f"valid arguments: {', '.join(valid)}"
-                )
-        for key, param in params.items():
-            if param.default is inspect.Parameter.empty and key not in kwargs:
-                raise ConfigError(f"layer {cls.__name__} needs the argument '{key}' in its config")
-        return cls(**kwargs)
+        return construct(cls, kwargs, f"layer {cls.__name__}")
 
     def extra_repr(self) -> str:
         parts = [f"name={self.name!r}"]
