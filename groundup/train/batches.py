@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 
 from groundup.errors import ConfigError, DataError
@@ -12,8 +13,48 @@ from groundup.errors import ConfigError, DataError
 Batch = tuple[torch.Tensor, ...]
 
 
+def _as_tensor(value: Any, name: str) -> torch.Tensor:
+    """A tensor from a tensor (kept as it is), a NumPy array or a (nested) list of numbers.
+
+    Arrays get Keras' dtypes: floats and bools become float32 (float64 would crash in a
+    float32 layer), integers int64 (class ids, token ids); sample weights are float32.
+    """
+    if isinstance(value, torch.Tensor):
+        t = value
+    elif isinstance(value, (np.ndarray, list, tuple)):
+        try:
+            arr = np.asarray(value)
+        except ValueError:  # ragged nesting
+            arr = np.asarray(value, dtype=object)
+        if arr.dtype.kind not in "biuf":
+            raise DataError(
+                f"{name} must hold numbers, got dtype {arr.dtype} (text or ragged rows); "
+                "encode text first and give every sample the same shape"
+            )
+        if not (arr.flags.writeable and arr.flags.c_contiguous):
+            arr = arr.copy()  # torch warns on a read-only buffer (a memmap), refuses some strides
+        t = torch.from_numpy(arr)  # shares memory with a plain array
+        if arr.dtype.kind in "bf" or name == "sample_weight":
+            t = t.float()
+        elif t.dtype != torch.int64:
+            t = t.long()
+    else:
+        raise DataError(
+            f"{name} must be a torch.Tensor, a NumPy array or a list of numbers, got "
+            f"{type(value).__name__}; convert it first (e.g. df.to_numpy())"
+        )
+    if t.dim() == 0:
+        raise DataError(
+            f"{name} is a single value (shape ()); give one row per sample, at least 1-D"
+        )
+    return t
+
+
 class TensorBatches:
     """Mini-batches of `(x, y)` or `(x, y, sample_weight)` tensors held in memory.
+
+    Tensors are used as they are; NumPy arrays and lists of numbers become tensors (floats
+    float32, integers int64, as Keras users expect); anything else is a DataError.
 
     Each epoch draws one permutation from a generator seeded with `seed + epoch`, so the
     order of any epoch is reproducible on its own (exact resume needs only the epoch number
@@ -34,9 +75,9 @@ class TensorBatches:
 
     def __init__(
         self,
-        x: torch.Tensor,
-        y: torch.Tensor | None = None,
-        sample_weight: torch.Tensor | None = None,
+        x: torch.Tensor | np.ndarray | list,
+        y: torch.Tensor | np.ndarray | list | None = None,
+        sample_weight: torch.Tensor | np.ndarray | list | None = None,
         *,
         batch_size: int = 32,
         shuffle: bool = True,
@@ -54,6 +95,11 @@ class TensorBatches:
                 f"rank must be in 0..world_size-1, got rank {rank} of {world_size}; "
                 "give world_size with rank"
             )
+        x = _as_tensor(x, "x")
+        y = None if y is None else _as_tensor(y, "y")
+        sample_weight = (
+            None if sample_weight is None else _as_tensor(sample_weight, "sample_weight")
+        )
         n = x.shape[0]
         for name, t in (("y", y), ("sample_weight", sample_weight)):
             if t is not None and t.shape[0] != n:

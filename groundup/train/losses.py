@@ -3,7 +3,7 @@
 The trainer calls `loss(outputs, targets)` (the mean) on a plain step. With gradient
 accumulation or several ranks it adds `loss.sum(...)` over micro-batches and divides by the
 sum of `loss.count(...)`: k micro-batches of b then give exactly one batch of k*b, also when
-some tokens are masked (DESIGN.md, convention 5). Both paths compute the same math.
+some tokens are masked (docs/architecture.md: the loss is divided by the global item count). Both paths compute the same math.
 
 `weight` is an optional per-sample weight of shape (B,): it scales each sample's loss, and
 the mean still divides by the unweighted count (Keras "sum_over_batch_size").
@@ -468,10 +468,20 @@ LOSSES: dict[str, type[Loss]] = {
 
 
 def get_loss(
-    spec: str | Loss | type[Loss] | Callable[[Tensor, Tensor], Tensor], **kwargs: Any
+    spec: str | Loss | type[Loss] | Callable[[Tensor, Tensor], Tensor],
+    *,
+    model: Any = None,
+    **kwargs: Any,
 ) -> Loss:
     """A Loss from a name ('mse', 'sparse_categorical_crossentropy', ...), a Loss, a Loss class
-    or a plain callable `f(outputs, targets) -> mean tensor`. kwargs go to the named class."""
+    or a plain callable `f(outputs, targets) -> mean tensor`. kwargs go to the named class.
+
+    `model`: the module the loss will train (the Trainer passes it). A cross-entropy given by
+    name then takes logits, as `nn.CrossEntropyLoss` does, unless the module's output layer
+    applies softmax or sigmoid itself (a `gu.Sequential`: its outputs are probabilities).
+    Without a model, names keep Keras' default (probabilities). `from_logits=` in kwargs, a
+    Loss instance and a Loss class always keep what they say.
+    """
     if isinstance(spec, Loss):
         if kwargs:
             raise ConfigError(
@@ -480,7 +490,13 @@ def get_loss(
             )
         return spec
     if isinstance(spec, str):
-        return construct(lookup(LOSSES, spec, "loss"), kwargs, f"loss '{spec}'")
+        cls = lookup(LOSSES, spec, "loss")
+        if model is not None and cls.expects_activation is not None:
+            # a plain module returns logits (PyTorch); a softmax/sigmoid output layer means
+            # probabilities (Keras): guessing wrong trains silently on the wrong loss
+            output_activation = getattr(model, "output_activation", None)
+            kwargs.setdefault("from_logits", output_activation not in ("softmax", "sigmoid"))
+        return construct(cls, kwargs, f"loss '{spec}'")
     if isinstance(spec, type):
         if issubclass(spec, Loss):
             return construct(spec, kwargs, f"loss {spec.__name__}")

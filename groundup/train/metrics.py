@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from groundup.errors import ConfigError, ShapeError
+from groundup.errors import ConfigError, DataError, ShapeError
 from groundup.registry import construct, did_you_mean, lookup
+from groundup.train import losses  # a module: it has classes named like these (MeanSquaredError)
 
 
 def _shape(t: Tensor) -> str:
@@ -106,6 +107,28 @@ def _class_pairs(
     )
 
 
+def _check_class_targets(name: str, outputs: Tensor, targets: Tensor) -> None:
+    """Refuse float targets with fractions where class labels are expected: regression
+    values would be thresholded or truncated into classes and score nonsense (1.0 often).
+
+    One-hot or soft targets of the outputs' shape with a class axis are distributions, fine.
+    Reads one value from the device: call it on the first batch only.
+    """
+    if not targets.is_floating_point():
+        return
+    if targets.shape == outputs.shape and outputs.dim() > 1 and outputs.shape[-1] > 1:
+        return
+    t = targets.detach()
+    fractional = t != t.round()
+    if bool(fractional.any()):
+        example = float(t[fractional].reshape(-1)[0])
+        raise DataError(
+            f"metric '{name}' needs class labels but the targets hold fractions (e.g. "
+            f"{example:g}), i.e. regression values; use metrics mse, mae or r2 for regression "
+            "targets"
+        )
+
+
 class Metric:
     """Base class: `reset`, `update(outputs, targets)` per batch, `compute() -> float`."""
 
@@ -168,6 +191,7 @@ class Accuracy(Metric):
     def reset(self) -> None:
         self._correct: Tensor | int = 0
         self._total: Tensor | int = 0
+        self._targets_checked = False
 
     def _hits(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor | int]:
         pred, true, _, integer = _class_pairs(outputs.detach(), targets, self.threshold, self.name)
@@ -178,6 +202,9 @@ class Accuracy(Metric):
         return hit.sum(), true.numel()
 
     def update(self, outputs: Tensor, targets: Tensor) -> None:
+        if not self._targets_checked:  # the first batch only: the check reads the device
+            _check_class_targets(self.name, outputs, targets)
+            self._targets_checked = True
         correct, total = self._hits(outputs, targets)
         self._correct = self._correct + correct
         self._total = self._total + total
@@ -254,6 +281,8 @@ class _ConfusionMetric(Metric):
         self._cm: Tensor | None = None
 
     def update(self, outputs: Tensor, targets: Tensor) -> None:
+        if self._cm is None:  # the first batch only: the check reads the device
+            _check_class_targets(self.name, outputs, targets)
         pred, true, c, _ = _class_pairs(outputs.detach(), targets, self.threshold, self.name)
         c = self.num_classes or c
         # Labels outside [0, c), ignore_index among them, are skipped by confusion_matrix.
@@ -591,3 +620,23 @@ def get_metric(
         "metric must be a name (e.g. 'accuracy'), a groundup Metric or a callable "
         f"f(outputs, targets), got {type(spec).__name__}"
     )
+
+
+def check_metrics_fit_loss(loss: Any, metrics: Sequence[Any]) -> None:
+    """Refuse a class metric (accuracy, top_k_accuracy, precision, recall, f1) with a
+    regression loss (mse, mae, huber): the targets are values, not classes, and accuracy on
+    them scores nonsense (often 1.0). `loss` is a name or a Loss, `metrics` names or Metrics;
+    the Trainer calls this before any training work."""
+    if isinstance(loss, str):
+        loss = losses.get_loss(loss)
+    regression = (losses.MeanSquaredError, losses.MeanAbsoluteError, losses.Huber)
+    if not isinstance(loss, regression):
+        return
+    for spec in metrics:
+        metric = spec if isinstance(spec, Metric) else get_metric(spec)
+        if isinstance(metric, (Accuracy, _ConfusionMetric)):
+            raise ConfigError(
+                f"metric '{metric.name}' scores class labels but loss '{loss.name}' is a "
+                "regression loss; use metrics mse, mae or r2 for regression targets (or a "
+                "classification loss such as sparse_categorical_crossentropy)"
+            )
