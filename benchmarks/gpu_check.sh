@@ -130,7 +130,7 @@ else
 fi
 # the gathered final model is one safetensors file that loads into a plain GPT
 if $PY -c "
-from groundup.jobs.pretrain import load_model_dir
+from groundup.models.folders import load_model_dir
 load_model_dir('$WORK/gpu_fsdp', device='cuda')
 load_model_dir('$WORK/cpu_fsdp2', device='cpu')
 " >"$WORK/load.log" 2>&1; then echo "PASS final model/ of the FSDP runs loads into a plain GPT"

@@ -19,8 +19,7 @@ from groundup.data.tokenizers import Tokenizer
 from groundup.jobs.evaluate import run_evaluate
 from groundup.jobs.export import run_export
 from groundup.jobs.finetune import FinetuneConfig, run_finetune
-from groundup.jobs.model_io import load_model
-from groundup.jobs.pretrain import save_model_dir
+from groundup.models.folders import load_model, save_model_dir
 from groundup.models.gpt import GPT, GPTConfig
 
 FAILED: list[str] = []

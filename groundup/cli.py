@@ -19,13 +19,14 @@ from groundup.errors import GroundupError, TrainingInterrupted
 def _train(args: argparse.Namespace) -> None:
     from groundup.jobs.train import run_train
 
+    _resolve_resume(args)
     run_train(args.config, args.overrides, overwrite=args.overwrite, resume=args.resume)
 
 
 def _quickstart(args: argparse.Namespace) -> None:
     from groundup.jobs.quickstart import run_quickstart
 
-    run_quickstart(run_dir=args.run_dir, overrides=args.overrides)
+    run_quickstart(run_dir=args.run_dir, overrides=args.overrides, resume=args.resume)
 
 
 def _tokenizer(args: argparse.Namespace) -> None:
@@ -55,12 +56,52 @@ def _finetune(args: argparse.Namespace) -> int | None:
 def _job_on_ranks(args: argparse.Namespace, run: Callable) -> int | None:
     """Run a training job here, or with --nproc N start torchrun to re-run this very command
     on N processes of this machine (and return torchrun's exit code)."""
+    _resolve_resume(args)
     if args.nproc is not None:
         from groundup.train.distributed import launch_torchrun
 
         return launch_torchrun(args.argv, args.nproc)
     run(args.config, args.overrides, overwrite=args.overwrite, resume=args.resume)
     return None
+
+
+def _resolve_resume(args: argparse.Namespace) -> None:
+    """`--resume` alone continues the run of CONFIG; `--resume RUN_DIR` continues the run in
+    that folder with its own config.yaml (the overrides it started with included), wherever
+    the folder now is. Later overrides (train.max_steps=...) still apply."""
+    from pathlib import Path
+
+    from groundup.errors import ConfigError, MissingFileError
+
+    value = args.resume
+    if isinstance(value, str) and "=" in value and not Path(value).exists():
+        args.overrides = [value, *args.overrides]  # `CONFIG --resume key=value`
+        value = True
+    if args.config is not None and "=" in args.config and not Path(args.config).exists():
+        args.overrides = [args.config, *args.overrides]  # `--resume RUN_DIR key=value`
+        args.config = None
+    if isinstance(value, str):
+        run_dir = Path(value)
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise MissingFileError(
+                f"--resume {run_dir}: no config.yaml there; give the run folder a command "
+                "wrote (or CONFIG --resume)"
+            )
+        if args.config is not None:
+            raise ConfigError(
+                f"give CONFIG --resume or --resume {run_dir}, not both (the run's own "
+                "config.yaml is used)"
+            )
+        args.config = str(saved)
+        args.overrides = [f"run_dir={run_dir}", *args.overrides]
+        value = True
+    if args.config is None:
+        raise ConfigError(
+            f"groundup {args.command} needs a config file: groundup {args.command} CONFIG "
+            "(or --resume RUN_DIR)"
+        )
+    args.resume = bool(value)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -92,8 +133,8 @@ def _export(args: argparse.Namespace) -> None:
 
 def _generate(args: argparse.Namespace) -> None:
     from groundup.errors import ConfigError
-    from groundup.jobs.model_io import load_model
-    from groundup.jobs.pretrain import SampleConfig, sample_text
+    from groundup.generate import SampleConfig, sample_text
+    from groundup.models.folders import load_model
     from groundup.train.trainer import resolve_device
 
     loaded = load_model(args.run, allow_pickle=args.allow_pickle)
@@ -110,11 +151,18 @@ def _generate(args: argparse.Namespace) -> None:
         seed=args.seed,
     )
     if loaded.task == "sft":  # answer the prompt as a chat turn, the way it was trained
-        from groundup.jobs.finetune import sample_reply
+        from groundup.generate import sample_reply
 
         sample_reply(model, tokenizer, sample, loaded.meta.get("template", "auto"), stream=True)
     else:
         sample_text(model, tokenizer, sample, stream=True)
+
+
+def _config(args: argparse.Namespace) -> None:
+    from groundup.config_reference import default_yaml, reference
+
+    text = default_yaml(args.cmd) if args.action == "init" else reference(args.cmd, args.format)
+    sys.stdout.write(text)
 
 
 def _add_tokenizer_args(parser: argparse.ArgumentParser) -> None:
@@ -129,11 +177,19 @@ def _add_tokenizer_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_pretrain_args(parser: argparse.ArgumentParser) -> None:
-    _add_config_args(parser)
+    parser.add_argument("config", nargs="?", help="YAML config file (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a run directory that holds another run"
+    )
     parser.add_argument(
         "--resume",
-        action="store_true",
-        help="continue from the newest complete checkpoint in <run_dir>/checkpoints",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="RUN_DIR",
+        help="continue from the newest complete checkpoint: of CONFIG's run, or of the run in "
+        "RUN_DIR (with its own config.yaml); train.max_steps/epochs may be raised",
     )
 
 
@@ -211,7 +267,22 @@ def _add_config_only(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.source=my.txt")
 
 
-# name -> (help, add_arguments, run); checked at import like every registry
+def _add_config_reference_args(parser: argparse.ArgumentParser) -> None:
+    from groundup.config_reference import COMMANDS as CONFIG_COMMANDS
+
+    parser.add_argument(
+        "action",
+        choices=["show", "init"],
+        help="show: every key with its type, default and meaning; init: a commented YAML of "
+        "every default (groundup config init train > my.yaml)",
+    )
+    parser.add_argument("cmd", metavar="CMD", choices=list(CONFIG_COMMANDS), help="the command")
+    parser.add_argument(
+        "--format", choices=["text", "markdown"], default="text", help="show: the output format"
+    )
+
+
+# name -> (help, add_arguments, run); a plain dict like every registry
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {
     "train": ("train a tabular/image model from a YAML config", _add_pretrain_args, _train),
     "tokenizer": (
@@ -229,15 +300,38 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "evaluate": ("score a trained model on a data file", _add_evaluate_args, _evaluate),
     "generate": ("generate text from a pretrained model", _add_generate_args, _generate),
     "export": ("export a model to the Hugging Face format", _add_export_args, _export),
+    "config": (
+        "show a command's config reference, or print its defaults as YAML",
+        _add_config_reference_args,
+        _config,
+    ),
     "quickstart": (
         "run the whole lifecycle on embedded data (no arguments needed)",
         lambda p: (
             p.add_argument("--run-dir", default="runs/quickstart", help="where the runs go"),
             p.add_argument("overrides", nargs="*", help="dotted overrides for the quickstart"),
+            p.add_argument(
+                "--resume",
+                action="store_true",
+                help="keep finished stages, continue an interrupted one from its checkpoint",
+            ),
         ),
         _quickstart,
     ),
 }
+
+
+def _resume_hint(args: argparse.Namespace, exc: TrainingInterrupted) -> str:
+    """A command that continues the interrupted run, overrides and all (they are in the run's
+    config.yaml, which `--resume RUN_DIR` reads)."""
+    from pathlib import Path
+
+    if args.command == "quickstart":
+        return f"resume with: groundup quickstart --resume --run-dir {args.run_dir}"
+    if exc.checkpoint is None:
+        return "no run_dir, so nothing to resume"
+    run_dir = Path(exc.checkpoint).parent.parent  # <run_dir>/checkpoints/step-N
+    return f"resume with: groundup {args.command} --resume {run_dir}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,10 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = args.handler(args)
     except TrainingInterrupted as exc:
         if os.environ.get("RANK", "0") == "0":  # every rank stopped at one step: one line
-            resume = f"groundup {args.command} {getattr(args, 'config', '')} --resume".replace(
-                "  ", " "
-            )
-            print(f"{exc}; resume with: {resume}", file=sys.stderr)
+            print(f"{exc}; {_resume_hint(args, exc)}", file=sys.stderr)
         return exc.exit_code
     except GroundupError as exc:
         # one line, whatever a user-supplied name inside the message contains

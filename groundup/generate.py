@@ -12,12 +12,15 @@ paths give the same tokens; the second is simply slower per token once past bloc
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from groundup.config import check
 from groundup.errors import ConfigError, ShapeError, TokenizerError
 
 
@@ -151,3 +154,107 @@ def generate(
     finally:
         model.train(was_training)
     return out.squeeze(0) if squeeze else out
+
+
+# ---------------------------------------------------------------- text in, text out
+@dataclass
+class SampleConfig:
+    """The text generated at the end of a run (and the defaults of `groundup generate`)."""
+
+    prompt: str = "\n"  # the text to continue (SFT models: the user's turn)
+    max_new_tokens: int = 200  # tokens to generate at most
+    temperature: float = 0.8  # 0: greedy; higher: more varied
+    top_k: int | None = 200  # sample among the k most likely tokens; null: all
+    top_p: float | None = None  # nucleus sampling: the smallest set holding this probability
+    seed: int = 0  # the sampling seed (the same prompt and seed give the same text)
+
+    def __post_init__(self) -> None:
+        check(
+            self.max_new_tokens >= 0,
+            f"sample.max_new_tokens must be an integer >= 0, got {self.max_new_tokens}",
+        )
+        check(
+            self.temperature >= 0,
+            f"sample.temperature must be >= 0 (0 = greedy), got {self.temperature}",
+        )
+        check(
+            self.top_k is None or self.top_k >= 1,
+            f"sample.top_k must be an integer >= 1 or null, got {self.top_k}",
+        )
+        check(
+            self.top_p is None or 0.0 < self.top_p <= 1.0,
+            f"sample.top_p must be in (0, 1] or null, got {self.top_p}",
+        )
+
+
+def sample_text(model, tokenizer, sample: SampleConfig, stream: bool = False) -> str:
+    """Generate a continuation of `sample.prompt`; with `stream`, print it as it comes."""
+    device = next(model.parameters()).device
+    ids = tokenizer.encode(sample.prompt) or [tokenizer.eot_id]
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    printed = ""
+    new: list[int] = []
+
+    def on_token(token_ids: torch.Tensor) -> None:
+        nonlocal printed
+        new.append(int(token_ids[0]))
+        text = tokenizer.decode(new)
+        if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
+            return
+        sys.stdout.write(text[len(printed) :])
+        sys.stdout.flush()
+        printed = text
+
+    if stream:
+        sys.stdout.write(sample.prompt)
+    out = generate(
+        model,
+        idx,
+        sample.max_new_tokens,
+        temperature=sample.temperature,
+        top_k=sample.top_k,
+        top_p=sample.top_p,
+        eos_id=tokenizer.eot_id,
+        seed=sample.seed,
+        on_token=on_token if stream else None,
+        vocab_limit=tokenizer.vocab_size,
+    )
+    if stream:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    return tokenizer.decode(out[0, len(ids) :].tolist())
+
+
+def sample_reply(
+    model: Any, tokenizer: Any, sample: SampleConfig, template: str, stream: bool = False
+) -> str:
+    """Answer `sample.prompt` as an SFT model was trained to: the prompt becomes a user turn
+    of the chat template, and generation stops at the end of the assistant's turn."""
+    from groundup.finetune.sft import Conversation, Message, encode_prompt, stop_ids
+
+    ids = encode_prompt(Conversation([Message("user", sample.prompt)]), tokenizer, template)
+    stops = stop_ids(tokenizer, template)
+    # Trap: a marker the tokenizer lacks as a special token is several ids; generation can
+    # only stop on one, so it runs on and the reply is cut where the marker's text appears.
+    marker = tokenizer.decode(stops) if len(stops) > 1 else None
+    device = next(model.parameters()).device
+    out = generate(
+        model,
+        torch.tensor([ids], device=device),
+        sample.max_new_tokens,
+        temperature=sample.temperature,
+        top_k=sample.top_k,
+        top_p=sample.top_p,
+        eos_id=stops[0] if len(stops) == 1 else None,
+        seed=sample.seed,
+        vocab_limit=tokenizer.vocab_size,
+    )
+    new = out[0, len(ids) :].tolist()
+    if len(stops) == 1 and stops[0] in new:
+        new = new[: new.index(stops[0])]
+    text = tokenizer.decode(new)
+    if marker:
+        text = text.split(marker)[0]
+    if stream:
+        print(f"{tokenizer.decode(ids)}{text}", flush=True)
+    return text

@@ -81,7 +81,7 @@ def files(tmp_path_factory) -> Path:
 def _model_dir(root: Path) -> Path:
     """A tiny saved GPT (weights, config, tokenizer), as `groundup pretrain` leaves it."""
     from groundup.data.tokenizers import Tokenizer
-    from groundup.jobs.pretrain import save_model_dir
+    from groundup.models.folders import save_model_dir
     from groundup.models.gpt import GPT, GPTConfig
 
     tokenizer = Tokenizer.train(LINES, kind="char")
@@ -117,9 +117,18 @@ P = ["pretrain", "{root}/pretrain.yaml", "run_dir={run}"]
 # id -> (argv, fragment of the error line, the error comes after progress lines)
 CLI_CASES = {
     # ---- values of the wrong sign, range or type
-    "pretrain negative lr": ([*P, "optim.lr=-3e-4"], "optim.lr must be > 0, got -0.0003"),
-    "train batch size 0": ([*T, "train.batch_size=0"], "train.batch_size must be >= 1, got 0"),
-    "pretrain batch size 0": ([*P, "train.batch_size=0"], "train.batch_size must be >= 1, got 0"),
+    "pretrain negative lr": (
+        [*P, "optim.lr=-3e-4"],
+        "optim.lr must be > 0 and finite, got -0.0003",
+    ),
+    "train batch size 0": (
+        [*T, "train.batch_size=0"],
+        "train.batch_size must be an integer >= 1, got 0",
+    ),
+    "pretrain batch size 0": (
+        [*P, "train.batch_size=0"],
+        "train.batch_size must be an integer >= 1, got 0",
+    ),
     "epochs is a list": (
         [*T, "train.epochs=[1, 2]"],
         "'train.epochs' must be an integer, got list",
@@ -132,8 +141,8 @@ CLI_CASES = {
     "seed past 4300 digits": ([*T, "seed=" + "9" * 5000], "more than 4300 digits"),
     "val_fraction 1": ([*P, "data.val_fraction=1"], "data.val_fraction must be in (0, 1)"),
     "model is a word": ([*P, "model=gpt2"], "'model' must be a mapping, got str 'gpt2'"),
-    "precision fp8": ([*T, "train.precision=fp8"], "precision must be one of auto, fp32"),
-    "device tpu": ([*T, "train.device=tpu"], "unknown device 'tpu'"),
+    "precision fp8": ([*T, "train.precision=fp8"], "must be one of 'auto', 'fp32'"),
+    "device tpu": ([*T, "train.device=tpu"], "train.device must be auto, cpu, cuda or cuda:N"),
     # ---- names
     "unknown optimizer": (
         [*T, "optim.name=adamm"],

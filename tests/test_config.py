@@ -124,7 +124,7 @@ def config_class_for(name: str) -> type:
 def test_train_config_errors() -> None:
     with pytest.raises(ConfigError, match="layers is empty"):
         from_dict(TrainJobConfig, {"layers": []})
-    with pytest.raises(ConfigError, match="train.batch_size must be >= 1"):
+    with pytest.raises(ConfigError, match="train.batch_size must be an integer >= 1"):
         from_dict(
             TrainJobConfig, {"layers": [{"type": "Dense", "units": 1}], "train": {"batch_size": 0}}
         )

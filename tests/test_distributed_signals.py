@@ -187,7 +187,7 @@ def setup(tmp_path_factory) -> dict:
 @pytest.mark.parametrize("name, code", [("sigint", 130), ("sigterm", 143)])
 def test_a_signal_stops_the_ranks_at_one_step_with_one_checkpoint(setup, name, code) -> None:
     folder = setup["folder"]
-    run, config_file = folder / name, folder / f"{name}.yaml"
+    run = folder / name
     returncode, stderr = setup[name]
     assert returncode == code, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]  # neither a rank's nor torchrun's
@@ -201,7 +201,7 @@ def test_a_signal_stops_the_ranks_at_one_step_with_one_checkpoint(setup, name, c
         if "interrupted at step" in line:
             assert line.endswith(
                 f"interrupted at step {stop}; checkpoint saved in {step_dir}; "
-                f"resume with: groundup pretrain {config_file} --resume"
+                f"resume with: groundup pretrain --resume {run}"
             ), line
     # exactly one checkpoint, complete, for the stop step, and `latest` points to it
     names = sorted(p.name for p in (run / "checkpoints").iterdir())

@@ -157,7 +157,7 @@ def test_pretrain_end_to_end(trained_run) -> None:
 
 # ---------------------------------------------------------------- generate
 def test_generate_from_the_run_dir(trained_run, capsys) -> None:
-    from groundup.jobs.pretrain import load_model_dir
+    from groundup.models.folders import load_model_dir
 
     code, run = trained_run
     assert code == 0
@@ -228,7 +228,8 @@ def test_tokenizer_and_prepare_then_pretrain_reuses_the_shards(tmp_path, capsys)
     assert json.loads((run / "model" / "config.json").read_text())["vocab_size"] == 320
 
     # sampling never picks a padding id (it has no text): even when those logits win
-    from groundup.jobs.pretrain import SampleConfig, load_model_dir, sample_text
+    from groundup.generate import SampleConfig, sample_text
+    from groundup.models.folders import load_model_dir
 
     model, tokenizer = load_model_dir(run)
     boost = torch.zeros(320)
@@ -381,10 +382,17 @@ def test_a_run_dir_holding_another_run_is_refused(tmp_path, capsys) -> None:
     assert main(["pretrain", str(config), "train.max_steps=3"]) == 2
     line = error_line(capsys)
     assert "already holds a different run" in line and "--overwrite" in line
-    # --resume with a changed config is refused as well
-    assert main(["pretrain", str(config), "train.max_steps=3", "--resume"]) == 2
-    assert "--resume needs the config the run started with" in error_line(capsys)
-    assert main(["pretrain", str(config), "train.max_steps=3", "--overwrite"]) == 0
+    # --resume with a changed config is refused as well, naming the field ...
+    assert main(["pretrain", str(config), "optim.lr=0.5", "--resume"]) == 2
+    line = error_line(capsys)
+    assert "--resume needs the config the run started with" in line and "optim.lr" in line
+    # ... but a longer run is the one change a resume takes: it goes on from step 2
+    assert main(["pretrain", str(config), "train.max_steps=3", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from step 2" in out
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == 3
+    assert "max_steps: 3" in (tmp_path / "run" / "config.yaml").read_text()
+    assert main(["pretrain", str(config), "train.max_steps=4", "--overwrite"]) == 0
 
 
 # ---------------------------------------------------------------- shipped configs

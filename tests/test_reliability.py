@@ -83,6 +83,15 @@ def at_step(run: Path, step: int):
     return lambda: any(r["step"] >= step for r in train_records(run))
 
 
+TIMING = ("tokens_per_s", "samples_per_s", "mfu")  # wall-clock figures: differ run to run
+
+
+def log_records(run: Path) -> list[dict]:
+    """Every metrics.jsonl record but its wall-clock figures."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
 def losses(run: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in train_records(run)]
 
@@ -155,7 +164,7 @@ def test_pretrain_survives_kill_mid_run_mid_save_and_sigint(tmp_path) -> None:
     assert code == 130, output
     line = output.strip().splitlines()[-1]
     assert line.startswith("interrupted at step ") and "checkpoint saved in" in line, line
-    assert line.endswith(f"resume with: groundup pretrain {configs['sigint']} --resume"), line
+    assert line.endswith(f"resume with: groundup pretrain --resume {runs['sigint']}"), line
     interrupted_at = int(line.split()[3].rstrip(";"))
     assert find_latest(runs["sigint"] / "checkpoints").name == f"step-{interrupted_at:08d}"
 
@@ -166,7 +175,8 @@ def test_pretrain_survives_kill_mid_run_mid_save_and_sigint(tmp_path) -> None:
     state = json.loads((latest / "state.json").read_text())  # the resume below loads it
     assert state["step"] == 5 and state["config"]["train"]["checkpoint_every"] == 5
 
-    resumes = {n: start(["pretrain", str(configs[n]), "--resume"]) for n in names[1:]}
+    resumes = {n: start(["pretrain", str(configs[n]), "--resume"]) for n in names[1:-1]}
+    resumes["sigint"] = start(["pretrain", "--resume", str(runs["sigint"])])  # the hint's form
     for n, proc in resumes.items():
         code, output = finish(proc)
         assert code == 0, (n, output)
@@ -174,6 +184,7 @@ def test_pretrain_survives_kill_mid_run_mid_save_and_sigint(tmp_path) -> None:
     assert [s for s, _ in base] == list(range(1, 41))
     for n in names[1:]:
         assert losses(runs[n]) == base, n  # exact: fp32, CPU, one thread
+        assert log_records(runs[n]) == log_records(runs["base"]), n  # every record
     assert find_latest(runs["midsave"] / "checkpoints").name == "step-00000040"
     # the crashed save's temp dir was cleaned up by a later save
     assert not list(ckpts.glob(".step-*.tmp-*"))
@@ -228,6 +239,9 @@ def test_train_job_resumes_exactly_after_kill(tmp_path) -> None:
     assert len(base) > 70 and [s for s, _ in base] == list(range(1, len(base) + 1))
     for n in names[1:]:
         assert losses(tmp_path / n) == base, n
+        assert log_records(tmp_path / n) == log_records(tmp_path / "base"), n
+        history = (tmp_path / n / "history.csv").read_text()
+        assert history == (tmp_path / "base" / "history.csv").read_text(), n
     results = [json.loads((tmp_path / n / "results.json").read_text()) for n in names]
     assert results[1] == results[0] and results[2] == results[0]
 
@@ -361,15 +375,22 @@ def test_keep_last_prunes_and_latest_points_at_the_newest(tmp_path) -> None:
 
 
 def test_resume_with_another_config_names_the_fields(tmp_path) -> None:
-    model = nn.Linear(3, 1)
+    from groundup.runs import plan_run
+
     save_step_checkpoint(
-        tmp_path, 5, model, None, {"step": 5, "config": {"seed": 0, "optim": {"lr": 0.1}}}
-    )
-    trainer = gu.Trainer(
-        nn.Linear(3, 1), device="cpu", verbose=0, config={"seed": 1, "optim": {"lr": 0.2}}
+        tmp_path / "checkpoints",
+        5,
+        nn.Linear(3, 1),
+        None,
+        {"step": 5, "config": {"seed": 0, "optim": {"lr": 0.1}}},
     )
     with pytest.raises(CheckpointError, match=r"fields differ: optim\.lr, seed"):
-        trainer.load_checkpoint(tmp_path)
+        plan_run(tmp_path, {"seed": 1, "optim": {"lr": 0.2}}, resume=True)
+    # the folder it was found in, and max_steps, may change; nothing was written
+    plan = plan_run(
+        tmp_path, {"seed": 0, "optim": {"lr": 0.1}, "run_dir": "elsewhere"}, resume=True
+    )
+    assert plan.mode == "resume" and plan.step == 5 and not (tmp_path / "config.yaml").exists()
 
 
 def test_resume_auto_continues_from_the_newest_complete_checkpoint(tmp_path) -> None:
@@ -397,9 +418,12 @@ def test_resume_auto_continues_from_the_newest_complete_checkpoint(tmp_path) -> 
 
 def test_starting_a_run_over_moves_its_old_checkpoints_aside(tmp_path) -> None:
     """A re-run of the same config must not resume later from the old run's newer checkpoints."""
-    from groundup.jobs.run_dir import prepare_run_dir
     from groundup.jobs.train import TrainJobConfig
+    from groundup.runs import Run, plan_run
     from groundup.train.checkpoint import find_latest
+
+    def prepare_run_dir(path, cfg):
+        return Run.begin(plan_run(path, cfg)).path
 
     cfg = TrainJobConfig(run_dir=str(tmp_path / "run"), layers=[{"type": "Dense", "units": 2}])
     run = prepare_run_dir(cfg.run_dir, cfg)

@@ -104,8 +104,10 @@ class LoRALinear(nn.Linear):
         nn.init.zeros_(self.lora_b)
 
     def delta_weight(self) -> Tensor:
-        """The update B @ A * scaling (out, in), computed in fp32 and cast to W's dtype."""
-        delta = (self.lora_b.float() @ self.lora_a.float()) * self.scaling  # (out, in)
+        """The update B @ A * scaling (out, in), computed in fp32 (or better) and cast to W's
+        dtype."""
+        dtype = torch.promote_types(self.lora_b.dtype, torch.float32)
+        delta = (self.lora_b.to(dtype) @ self.lora_a.to(dtype)) * self.scaling  # (out, in)
         return delta.to(self.weight.dtype)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -50,7 +50,7 @@ def run_evaluate(
 
     `task` reads the data another way than the model was trained for: "sft" scores a base
     language model on an SFT file (response tokens only), "causal_lm" on every token."""
-    from groundup.jobs.model_io import load_model
+    from groundup.models.folders import load_model
     from groundup.train.losses import SparseCategoricalCrossentropy
     from groundup.train.trainer import Trainer
 

@@ -19,7 +19,7 @@ def run_export(
 ) -> Path:
     """Write the model of `run` (a pretrain or finetune run; LoRA adapters merged) to `out`."""
     from groundup.interop.hf_export import export_hf
-    from groundup.jobs.model_io import load_model
+    from groundup.models.folders import load_model
 
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")

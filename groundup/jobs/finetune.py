@@ -15,7 +15,6 @@ reports and prints the sample.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,11 +22,14 @@ from typing import Any, Literal
 import torch
 
 from groundup.config import check, load_config
+from groundup.data.task_data import Part, load_data
 from groundup.errors import ConfigError
-from groundup.jobs.finetune_data import Part, load_data
-from groundup.jobs.pretrain import SampleConfig
-from groundup.jobs.train import OptimConfig
+from groundup.generate import SampleConfig, sample_reply, sample_text
+from groundup.models.folders import build_task_model, load_base, weights_fingerprint, with_dropout
+from groundup.runs import MODEL_DIR, Run, plan_run
 from groundup.train.distributed import DistributedConfig
+from groundup.train.loop_config import LoopConfig, Precision
+from groundup.train.optim_config import OptimConfig
 
 
 @dataclass
@@ -83,26 +85,22 @@ class FinetuneDataConfig:
 
 
 @dataclass
-class FinetuneLoopConfig:
-    epochs: int = 3
-    max_steps: int | None = None  # causal_lm needs it (text windows never end)
-    batch_size: int = 16
-    grad_accum: int = 1
-    eval_every: int | None = None  # steps; null: at each epoch end
-    eval_batches: int | None = None
-    log_every: int = 10
-    checkpoint_every: int | None = None
-    keep_last: int | None = 2
-    nan_policy: Literal["stop", "skip", "rollback"] = "stop"
-    clip_grad_norm: float | None = 1.0
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    device: str = "auto"
-    compile: bool = False
+class FinetuneLoopConfig(LoopConfig):
+    """Epochs or steps, batch geometry, evaluation and checkpoint cadence, precision."""
+
+    epochs: int = 3  # passes over the training examples (causal_lm: set max_steps instead)
+    batch_size: int = 16  # examples per micro-batch (the global batch under torchrun)
+    log_every: int = 10  # steps between train records
+    keep_last: int | None = 2  # step checkpoints kept besides best/ (null: all)
+    clip_grad_norm: float | None = 1.0  # max global gradient norm; null: no clipping
+    precision: Precision = "auto"  # auto: bf16 where the device has it
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size", "grad_accum", "log_every"):
-            value = getattr(self, key)
-            check(value >= 1, f"train.{key} must be >= 1, got {value}")
+        super().__post_init__()
+        check(
+            isinstance(self.epochs, int) and self.epochs >= 1,
+            f"train.epochs must be an integer >= 1, got {self.epochs!r}",
+        )
 
 
 def _finetune_optim() -> OptimConfig:
@@ -156,6 +154,10 @@ class FinetuneConfig:
         check(
             self.data.builtin is None or self.task != "causal_lm",
             "data.builtin holds labelled and SFT sets; for causal_lm set data.train",
+        )
+        check(
+            self.task != "causal_lm" or self.train.max_steps is not None,
+            "task causal_lm trains on random windows of the text: set train.max_steps",
         )
 
 
@@ -212,54 +214,108 @@ def _finetune(
     verbose: int,
     rank_device: torch.device | None,
 ) -> dict[str, Any]:
-    from groundup.finetune.lora import apply_lora, trainable_parameters
-    from groundup.jobs.model_io import (
-        build_task_model,
-        load_base,
-        weights_fingerprint,
-        with_dropout,
-    )
-    from groundup.jobs.run_dir import checkpoint_config, prepare_run_dir, resume_point, wants_resume
     from groundup.seed import set_seed
     from groundup.train import distributed as du
-    from groundup.train.callbacks import ModelCheckpoint
     from groundup.train.losses import SparseCategoricalCrossentropy
     from groundup.train.trainer import Trainer
 
     rank, world = du.rank(), du.world_size()
     verbose = verbose if rank == 0 else 0
-    run_dir = Path(cfg.run_dir)
+    plan = du.main_first(lambda: plan_run(cfg.run_dir, cfg, overwrite=overwrite, resume=resume))
     strategy = _strategy(cfg, world)
     batch_size, grad_accum = split_batch(cfg.train, world)
-
-    def prepare() -> tuple[Path | None, float | None]:
-        """Rank 0's file-system work: a new run directory, or the checkpoint to resume."""
-        if wants_resume(run_dir, cfg, resume):
-            return resume_point(run_dir, cfg)
-        prepare_run_dir(run_dir, cfg, overwrite=overwrite)
-        return None, None
-
-    # The base and the data are read and checked before the run directory is touched: a
-    # mistake in them must not cost the previous run (--overwrite deletes it).
+    # The base, the data and the model (LoRA targets included) are built and checked before
+    # the run folder is touched: a mistake in them must not cost the previous run.
     base = load_base(cfg.base.path, allow_pickle=cfg.base.allow_pickle)
     base.config = with_dropout(base.config, cfg.base.dropout)
-    tokenizer = base.tokenizer
     part = Part(batch_size, rank, world if world > 1 else None)
-    data = None
-    if cfg.task != "causal_lm":  # causal_lm writes its token shards into the run directory
-        set_seed(cfg.seed)
-        data = load_data(cfg, base, run_dir, verbose, part)
-    else:
+    set_seed(cfg.seed)
+    data = None if cfg.task == "causal_lm" else load_data(cfg, base, plan.path, verbose, part)
+    if data is None:  # causal_lm writes its token shards into the run folder: check the paths
         from groundup.data.corpus import Corpus
 
         for source in (cfg.data.train, cfg.data.val):
             if source is not None:
-                Corpus(source, text_field=cfg.data.text_field)  # checks the paths exist
-    last, best_val_loss = du.main_first(prepare)
-    if data is None:
-        data = load_data(cfg, base, run_dir, verbose, part)
+                Corpus(source, text_field=cfg.data.text_field)
+    labels = data.info.get("labels") if data is not None else None
     set_seed(cfg.seed)  # every rank: the same new head and adapters as one process
-    labels = data.info.get("labels")
+    model, trainable, total = build_finetune_model(cfg, base, labels)
+    with Run.begin(plan) as run:
+        if data is None:  # rank 0 encodes the text shards, the others read them
+            data = load_data(cfg, base, run.path, verbose, part)
+        if verbose:
+            print(_model_line(cfg, base, trainable, total), flush=True)
+        trainer = Trainer.from_config(
+            model,
+            cfg.train,
+            cfg.optim,
+            loss=SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"] if cfg.task == "classification" else (),
+            grad_accum=grad_accum,
+            device=rank_device if rank_device is not None else cfg.train.device,
+            run_dir=run.path,
+            verbose=verbose,
+            report_perplexity=cfg.task != "classification",
+            callbacks=run.callbacks("val_loss" if data.val is not None else None),
+            config=plan.config,
+            strategy=strategy,
+            activation_checkpointing=cfg.distributed.activation_checkpointing,
+        )
+        if verbose and du.active():
+            print(du.describe_batch(trainer.strategy, batch_size, grad_accum), flush=True)
+        rss_before_fit = _reset_peak_rss_mib()
+        options = cfg.train.fit_options()
+        if cfg.task == "causal_lm":
+            options.pop("epochs", None)  # text windows never end: max_steps decides
+        trainer.fit(data.train, data.val, resume_from=run.checkpoint, **options)
+        meta = _model_meta(cfg, base, data, labels)
+        # FSDP2: every rank gathers, rank 0 gets a plain copy (it also generates the sample)
+        plain = _save_model(run.path / MODEL_DIR, model, trainer.strategy, base, cfg, labels, meta)
+        results = _evaluate_at_end(cfg, trainer, data, labels, run.path)
+        results.update(trainable_params=trainable, total_params=total)
+        if rank == 0:
+            results["peak_rss_mib"] = _peak_rss_mib()
+            if rss_before_fit is not None:  # what training added: grads, optimizer, activations
+                results["fit_rss_growth_mib"] = _proc_status_mib("VmHWM") - rss_before_fit
+            if world > 1:
+                results["world_size"] = world
+            run.write_results(results)
+            _report(results, run.path / MODEL_DIR, verbose)
+            if cfg.sample is not None and cfg.task != "classification":
+                results["sample"] = _sample(plain.eval(), base.tokenizer, cfg, bool(verbose))
+        du.barrier()  # rank 0 writes the results and samples; the ranks end together
+    return results
+
+
+def _evaluate_at_end(
+    cfg: FinetuneConfig, trainer: Any, data: Any, labels: list[str] | None, run_dir: Path
+) -> dict[str, Any]:
+    """Steps, data figures, the validation metrics and, for classifiers, the test report.
+    Every rank takes part (FSDP2 needs all ranks in each forward); rank 0 alone writes the
+    report and confusion matrix."""
+    from groundup.train import distributed as du
+
+    results: dict[str, Any] = {
+        "steps": trainer.step,
+        **{k: v for k, v in data.info.items() if k not in ("labels", "pad_id")},
+    }
+    if data.val is not None:
+        results.update(trainer.evaluate(data.val, prefix="val_"))
+    if cfg.task == "classification" and data.test is not None:
+        from groundup.jobs.evaluate import classification_results
+
+        out_dir = run_dir if du.is_main() else None
+        results.update(classification_results(trainer, data.test, labels, out_dir, "test_"))
+    return results
+
+
+def build_finetune_model(
+    cfg: FinetuneConfig, base: Any, labels: list[str] | None
+) -> tuple[torch.nn.Module, int, int]:
+    """The task model on the base, with LoRA adapters when asked (a target pattern that
+    matches nothing is an error here, before any work); (model, trainable, total params)."""
+    from groundup.finetune.lora import apply_lora, trainable_parameters
+
     model = build_task_model(
         base,
         cfg.task,
@@ -273,74 +329,32 @@ def _finetune(
             if name.startswith(("classifier.", "score.", "bert.pooler.")):
                 p.requires_grad_(True)
     trainable, total = trainable_parameters(model)
-    pad_id = data.info.get("pad_id")
-    if verbose and base.family == "bert" and cfg.base.pooling == "mean":
-        print(
+    return model, trainable, total
+
+
+def _model_line(cfg: FinetuneConfig, base: Any, trainable: int, total: int) -> str:
+    note = ""
+    if base.family == "bert" and cfg.base.pooling == "mean":
+        note = (
             "note: base.pooling mean has no transformers class, so this classifier cannot be "
-            "exported with groundup export (base.pooling: cls can)",
-            flush=True,
+            "exported with groundup export (base.pooling: cls can)\n"
         )
-    if verbose:
-        print(
-            f"model: {base.family} from {base.path} ({cfg.base.init}), task {cfg.task}, "
-            f"method {cfg.method}: {trainable:,} of {total:,} parameters trainable "
-            f"({100 * trainable / total:.2f}%)",
-            flush=True,
-        )
-    t = cfg.train
-    checkpoint = ModelCheckpoint(
-        run_dir / "checkpoints",
-        monitor="val_loss" if data.val is not None else None,
-        every_n_steps=t.checkpoint_every,
+    return (
+        f"{note}model: {base.family} from {base.path} ({cfg.base.init}), task {cfg.task}, "
+        f"method {cfg.method}: {trainable:,} of {total:,} parameters trainable "
+        f"({100 * trainable / total:.2f}%)"
     )
-    if best_val_loss is not None and checkpoint.tracker is not None:
-        checkpoint.tracker.best = best_val_loss
-    trainer = Trainer(
-        model,
-        loss=SparseCategoricalCrossentropy(from_logits=True),
-        optimizer=cfg.optim.optimizer_spec(),
-        schedule=cfg.optim.schedule_spec(),
-        metrics=["accuracy"] if cfg.task == "classification" else (),
-        grad_accum=grad_accum,
-        clip_grad_norm=t.clip_grad_norm,
-        precision=t.precision,
-        device=rank_device if rank_device is not None else t.device,
-        compile=t.compile,
-        run_dir=run_dir,
-        log_every=t.log_every,
-        verbose=verbose,
-        report_perplexity=cfg.task != "classification",
-        callbacks=[checkpoint],
-        nan_policy=t.nan_policy,
-        keep_last=t.keep_last,
-        config=checkpoint_config(cfg),
-        strategy=strategy,
-        activation_checkpointing=cfg.distributed.activation_checkpointing,
-    )
-    if verbose and du.active():
-        print(
-            f"distributed: {world} rank(s), backend {du.backend()}, strategy "
-            f"{trainer.strategy}; global batch {world * batch_size * grad_accum} sequences = "
-            f"{world} rank(s) x {batch_size} x {grad_accum} micro-step(s)",
-            flush=True,
-        )
-    rss_before_fit = _reset_peak_rss_mib()
-    trainer.fit(
-        data.train,
-        data.val,
-        epochs=None if cfg.task == "causal_lm" else t.epochs,
-        max_steps=t.max_steps,
-        eval_every=t.eval_every,
-        eval_batches=t.eval_batches,
-        resume_from=last,
-    )
-    meta = {
+
+
+def _model_meta(cfg: FinetuneConfig, base: Any, data: Any, labels: list[str] | None) -> dict:
+    """What the model folder's config.json says about how the model was made."""
+    return {
         "family": base.family,
         "task": cfg.task,
         "method": cfg.method,
         "model": base.config.to_dict(),
         "labels": labels,
-        "pad_id": pad_id,
+        "pad_id": data.info.get("pad_id"),
         "pooling": cfg.base.pooling,
         "base": str(Path(base.path).resolve()),
         "base_fingerprint": weights_fingerprint(base.state_dict),
@@ -352,46 +366,17 @@ def _finetune(
         "text_field": cfg.data.text_field,
         "label_field": cfg.data.label_field,
     }
-    # FSDP2: every rank gathers, rank 0 gets a plain copy (it also generates the sample)
-    plain = _save_model(run_dir / "model", model, trainer.strategy, base, cfg, labels, meta)
-    model_dir = run_dir / "model"
-    results: dict[str, Any] = {
-        "steps": trainer.step,
-        "trainable_params": trainable,
-        "total_params": total,
-        **{k: v for k, v in data.info.items() if k not in ("labels", "pad_id")},
-    }
-    if data.val is not None:
-        results.update(trainer.evaluate(data.val, prefix="val_"))  # collective: every rank
-    if cfg.task == "classification" and data.test is not None:
-        from groundup.jobs.evaluate import classification_results
 
-        # every rank predicts every test batch (FSDP2 needs all ranks in each forward); rank 0
-        # alone writes the report and confusion matrix
-        out_dir = run_dir if rank == 0 else None
-        results.update(classification_results(trainer, data.test, labels, out_dir, "test_"))
-    if rank != 0:
-        du.barrier()  # rank 0 writes the results and samples; the ranks end together
-        return results
-    results["peak_rss_mib"] = _peak_rss_mib()
-    if rss_before_fit is not None:  # what training itself added: grads, optimizer, activations
-        results["fit_rss_growth_mib"] = _proc_status_mib("VmHWM") - rss_before_fit
-    if world > 1:
-        results["world_size"] = world
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-    if verbose:
-        shown = ", ".join(
-            f"{k} {v:.4f}"
-            for k, v in results.items()
-            if k.startswith(("val_", "test_")) and isinstance(v, float)
-        )
-        print(f"{shown}\nmodel saved in {model_dir}", flush=True)
-    if cfg.sample is not None and cfg.task != "classification":
-        if verbose:
-            print("--- sample ---", flush=True)
-        results["sample"] = _sample(plain.eval(), tokenizer, cfg, stream=bool(verbose))
-    du.barrier()
-    return results
+
+def _report(results: dict[str, Any], model_dir: Path, verbose: int) -> None:
+    if not verbose:
+        return
+    shown = ", ".join(
+        f"{k} {v:.4f}"
+        for k, v in results.items()
+        if k.startswith(("val_", "test_")) and isinstance(v, float)
+    )
+    print(f"{shown}\nmodel saved in {model_dir}", flush=True)
 
 
 def _save_model(
@@ -407,7 +392,7 @@ def _save_model(
 
     FSDP2 (full fine-tuning only): the sharded weights are gathered onto rank 0 (every rank
     must take part) and loaded into a fresh, plain copy of the task model, which is saved."""
-    from groundup.jobs.model_io import _load_into, build_task_model, save_finetuned
+    from groundup.models.folders import _load_into, build_task_model, save_finetuned
     from groundup.train import distributed as du
     from groundup.train.checkpoint import model_tensors
 
@@ -422,6 +407,9 @@ def _save_model(
             pooling=cfg.base.pooling,
             pretrained=False,
         )
+        floating = [t.dtype for t in tensors.values() if t.is_floating_point()]
+        if floating:  # the trained dtype (fp64 runs stay fp64)
+            model = model.to(floating[0])
         _load_into(model, tensors, folder)
     if du.rank() == 0:
         save_finetuned(folder, model, base.tokenizer, meta, cfg.method == "lora")
@@ -430,47 +418,11 @@ def _save_model(
 
 def _sample(model: Any, tokenizer: Any, cfg: FinetuneConfig, stream: bool) -> str:
     """A generation at the end of a language-model run (SFT: as a chat reply)."""
-    from groundup.jobs.pretrain import sample_text
-
+    if stream:
+        print("--- sample ---", flush=True)
     if cfg.task != "sft":
         return sample_text(model, tokenizer, cfg.sample, stream=stream)
     return sample_reply(model, tokenizer, cfg.sample, cfg.data.template, stream=stream)
-
-
-def sample_reply(
-    model: Any, tokenizer: Any, sample: SampleConfig, template: str, stream: bool = False
-) -> str:
-    """Answer `sample.prompt` as an SFT model was trained to: the prompt becomes a user turn
-    of the chat template, and generation stops at the end of the assistant's turn."""
-    from groundup.finetune.sft import Conversation, Message, encode_prompt, stop_ids
-    from groundup.generate import generate
-
-    ids = encode_prompt(Conversation([Message("user", sample.prompt)]), tokenizer, template)
-    stops = stop_ids(tokenizer, template)
-    # Trap: a marker the tokenizer lacks as a special token is several ids; generation can
-    # only stop on one, so it runs on and the reply is cut where the marker's text appears.
-    marker = tokenizer.decode(stops) if len(stops) > 1 else None
-    device = next(model.parameters()).device
-    out = generate(
-        model,
-        torch.tensor([ids], device=device),
-        sample.max_new_tokens,
-        temperature=sample.temperature,
-        top_k=sample.top_k,
-        top_p=sample.top_p,
-        eos_id=stops[0] if len(stops) == 1 else None,
-        seed=sample.seed,
-        vocab_limit=tokenizer.vocab_size,
-    )
-    new = out[0, len(ids) :].tolist()
-    if len(stops) == 1 and stops[0] in new:
-        new = new[: new.index(stops[0])]
-    text = tokenizer.decode(new)
-    if marker:
-        text = text.split(marker)[0]
-    if stream:
-        print(f"{tokenizer.decode(ids)}{text}", flush=True)
-    return text
 
 
 def _peak_rss_mib() -> float:

@@ -22,9 +22,15 @@ from typing import Any, Literal
 import torch
 
 from groundup.config import check, from_dict, load_config
-from groundup.errors import ConfigError, MissingFileError
-from groundup.jobs.train import OptimConfig
+from groundup.data.windows import RandomWindows, SequentialWindows
+from groundup.errors import ConfigError, DataError, MissingFileError
+from groundup.generate import SampleConfig, sample_text
+from groundup.models.folders import load_model_dir, save_model_dir
+from groundup.runs import MODEL_DIR, Run, plan_run
+from groundup.train.checkpoint import model_tensors
 from groundup.train.distributed import DistributedConfig
+from groundup.train.loop_config import LoopConfig, Precision
+from groundup.train.optim_config import OptimConfig
 
 
 @dataclass
@@ -59,58 +65,17 @@ class TokenizerConfig:
 
 
 @dataclass
-class PretrainLoopConfig:
+class PretrainLoopConfig(LoopConfig):
     """Steps, batch geometry, evaluation and checkpoint cadence, precision."""
 
-    max_steps: int = 2000
+    max_steps: int = 2000  # optimizer steps
     batch_size: int = 12  # sequences per micro-batch
-    grad_accum: int = 1
-    tokens_per_step: int | None = None  # when set, grad_accum is derived from it
-    eval_every: int = 250
+    eval_every: int = 250  # steps between evaluations on the validation split
     eval_batches: int | None = 20  # null: the whole validation split
-    log_every: int = 10
-    checkpoint_every: int | None = None
-    keep_last: int | None = 3  # step checkpoints kept besides best/ (null: all)
-    nan_policy: Literal["stop", "skip", "rollback"] = "stop"  # on a non-finite loss/grad norm
-    clip_grad_norm: float | None = 1.0
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    device: str = "auto"
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        for key in ("max_steps", "batch_size", "grad_accum", "eval_every", "log_every"):
-            value = getattr(self, key)
-            check(value >= 1, f"train.{key} must be >= 1, got {value}")
-
-
-@dataclass
-class SampleConfig:
-    """The text generated at the end of a run (and the defaults of `groundup generate`)."""
-
-    prompt: str = "\n"
-    max_new_tokens: int = 200
-    temperature: float = 0.8
-    top_k: int | None = 200
-    top_p: float | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check(
-            self.max_new_tokens >= 0,
-            f"sample.max_new_tokens must be an integer >= 0, got {self.max_new_tokens}",
-        )
-        check(
-            self.temperature >= 0,
-            f"sample.temperature must be >= 0 (0 = greedy), got {self.temperature}",
-        )
-        check(
-            self.top_k is None or self.top_k >= 1,
-            f"sample.top_k must be an integer >= 1 or null, got {self.top_k}",
-        )
-        check(
-            self.top_p is None or 0.0 < self.top_p <= 1.0,
-            f"sample.top_p must be in (0, 1] or null, got {self.top_p}",
-        )
+    log_every: int = 10  # steps between train records
+    clip_grad_norm: float | None = 1.0  # max global gradient norm; null: no clipping
+    precision: Precision = "auto"  # auto: bf16 where the device has it
+    tokens_per_step: int | None = None  # when set, grad_accum is derived from it
 
 
 def _pretrain_optim() -> OptimConfig:
@@ -271,76 +236,6 @@ def split_global_batch(
     return split_sequences(t.batch_size, t.grad_accum, world_size)
 
 
-def save_model_dir(
-    path: Path, model, tokenizer, tensors: dict[str, torch.Tensor] | None = None
-) -> Path:
-    """A self-contained model folder: weights, GPT config and tokenizer (what `generate` loads).
-
-    `tensors`: the full weights when gathered already (an FSDP2 model, on rank 0)."""
-    from safetensors.torch import save_file
-
-    from groundup.train.checkpoint import model_tensors, unwrap
-
-    path.mkdir(parents=True, exist_ok=True)
-    if tensors is None:
-        tensors = model_tensors(unwrap(model))
-    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "groundup.gpt"})
-    config = {"model_type": "groundup-gpt", **unwrap(model).config.to_dict()}
-    (path / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    tokenizer.save(path / "tokenizer.json")
-    return path
-
-
-def load_model_dir(path: str | Path, device: str = "cpu"):
-    """(GPT, tokenizer) saved by `save_model_dir` (a run directory's `model/` or the run)."""
-    from groundup.jobs.model_io import load_model
-
-    loaded = load_model(path)
-    return loaded.model.to(device), loaded.tokenizer
-
-
-def sample_text(model, tokenizer, sample: SampleConfig, stream: bool = False) -> str:
-    """Generate a continuation of `sample.prompt`; with `stream`, print it as it comes."""
-    import sys
-
-    from groundup.generate import generate
-
-    device = next(model.parameters()).device
-    ids = tokenizer.encode(sample.prompt) or [tokenizer.eot_id]
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
-    printed = ""
-    new: list[int] = []
-
-    def on_token(token_ids: torch.Tensor) -> None:
-        nonlocal printed
-        new.append(int(token_ids[0]))
-        text = tokenizer.decode(new)
-        if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
-            return
-        sys.stdout.write(text[len(printed) :])
-        sys.stdout.flush()
-        printed = text
-
-    if stream:
-        sys.stdout.write(sample.prompt)
-    out = generate(
-        model,
-        idx,
-        sample.max_new_tokens,
-        temperature=sample.temperature,
-        top_k=sample.top_k,
-        top_p=sample.top_p,
-        eos_id=tokenizer.eot_id,
-        seed=sample.seed,
-        on_token=on_token if stream else None,
-        vocab_limit=tokenizer.vocab_size,
-    )
-    if stream:
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-    return tokenizer.decode(out[0, len(ids) :].tolist())
-
-
 # ---------------------------------------------------------------- the commands
 def run_tokenizer(
     config_path: str | Path | None,
@@ -399,163 +294,172 @@ def _pretrain(
     verbose: int,
     rank_device: torch.device | None,
 ) -> dict[str, Any]:
-    from groundup.data.shards import load_shards
-    from groundup.data.tokenizers import Tokenizer
-    from groundup.data.windows import RandomWindows, SequentialWindows
-    from groundup.jobs.run_dir import (
-        checkpoint_config,
-        prepare_run_dir,
-        resume_point,
-        wants_resume,
-    )
     from groundup.models.gpt import GPT
     from groundup.seed import set_seed
     from groundup.train import distributed as du
-    from groundup.train.callbacks import ModelCheckpoint
-    from groundup.train.checkpoint import model_tensors
     from groundup.train.hardware import measured_peak_flops
     from groundup.train.losses import SparseCategoricalCrossentropy
-    from groundup.train.trainer import Trainer, resolve_device, resolve_precision
+    from groundup.train.trainer import Trainer
 
     rank, world = du.rank(), du.world_size()
     verbose = verbose if rank == 0 else 0
-    run_dir = Path(cfg.run_dir)
-    built: dict[str, Any] = {}
-
-    def prepare() -> tuple[Path | None, float | None]:
-        """Rank 0's file-system work: the run directory, the tokenizer, the token shards."""
-        if wants_resume(run_dir, cfg, resume):
-            # the newest complete checkpoint; a changed config is refused, fields named
-            last, best = resume_point(run_dir, cfg)
-        else:
-            prepare_run_dir(run_dir, cfg, overwrite=overwrite)
-            last, best = None, None
-        # Check the model section now, before minutes of tokenizer training and encoding
-        # (256 stands in for the vocabulary size the tokenizer will decide).
-        build_gpt_config(cfg.model, 256)
-        built["tokenizer"] = build_tokenizer(
-            cfg, save_to=run_dir / "tokenizer.json", verbose=verbose
+    plan = du.main_first(lambda: plan_run(cfg.run_dir, cfg, overwrite=overwrite, resume=resume))
+    device, compute_dtype = check_pretrain(cfg, world, rank_device)
+    with Run.begin(plan) as run:
+        tokenizer, index = prepared_data(cfg, verbose)
+        gpt_cfg = build_gpt_config(cfg.model, tokenizer.vocab_size)
+        tokenizer.check_fits(gpt_cfg.vocab_size)
+        index.check_block_size(gpt_cfg.block_size)
+        batch_size, grad_accum = split_global_batch(cfg, gpt_cfg.block_size, world)
+        # Trap: the first measurement in a process draws random matrices. Seeding after it
+        # keeps the init and dropout streams the same whether or not a run came before.
+        peak = measured_peak_flops(device.type, compute_dtype)
+        set_seed(cfg.seed)  # the same on every rank: FSDP2 shards each rank's copy of the init
+        model = GPT(gpt_cfg)
+        if verbose:
+            print(_model_line(model, device, compute_dtype, peak), flush=True)
+        trainer = Trainer.from_config(
+            model,
+            cfg.train,
+            cfg.optim,
+            loss=SparseCategoricalCrossentropy(from_logits=True),
+            grad_accum=grad_accum,
+            device=device,
+            run_dir=run.path,
+            verbose=verbose,
+            flops_per_sample=model.flops_per_token() * gpt_cfg.block_size,
+            peak_flops=peak,
+            report_perplexity=True,
+            callbacks=run.callbacks("val_loss"),
+            config=plan.config,
+            strategy=cfg.distributed.strategy,
+            activation_checkpointing=cfg.distributed.activation_checkpointing,
         )
-        built["index"] = build_shards(cfg, built["tokenizer"], verbose=verbose)
-        return last, best
-
-    last, best_val_loss = du.main_first(prepare)
-    if rank == 0:
-        tokenizer, index = built["tokenizer"], built["index"]
-    else:  # what rank 0 wrote (for several nodes: run_dir on a shared file system)
-        tokenizer = Tokenizer.load(run_dir / "tokenizer.json")
-        index = load_shards(shards_dir(cfg))
-    gpt_cfg = build_gpt_config(cfg.model, tokenizer.vocab_size)
-    tokenizer.check_fits(gpt_cfg.vocab_size)
-    index.check_block_size(gpt_cfg.block_size)
-    batch_size, grad_accum = split_global_batch(cfg, gpt_cfg.block_size, world)
-
-    device = rank_device if rank_device is not None else resolve_device(cfg.train.device)
-    autocast = resolve_precision(cfg.train.precision, device)
-    compute_dtype = autocast or torch.float32
-    # Trap: the first measurement in a process draws random matrices. Seeding after it keeps
-    # the init and dropout streams the same whether or not a run came earlier in the process.
-    peak = measured_peak_flops(device.type, compute_dtype)
-    set_seed(cfg.seed)  # the same on every rank: FSDP2 shards each rank's own copy of the init
-    model = GPT(gpt_cfg)
-    flops_per_token = model.flops_per_token()
-    if verbose:
-        print(
-            f"model: {gpt_cfg.flavour}, {model.num_params() / 1e6:.2f}M parameters, "
-            f"{flops_per_token / 1e6:.1f} MFLOPs/token; device {device}, "
-            f"{'bf16' if compute_dtype == torch.bfloat16 else str(compute_dtype).removeprefix('torch.')}, "
-            f"measured peak {peak / 1e9:.0f} GFLOP/s",
-            flush=True,
+        if verbose and du.active():
+            print(du.describe_batch(trainer.strategy, batch_size, grad_accum), flush=True)
+        block, seed = gpt_cfg.block_size, cfg.seed
+        train = RandomWindows(
+            index.train, block, batch_size, seed=seed, device=device, rank=rank, world_size=world
         )
-    t = cfg.train
-    checkpoint = ModelCheckpoint(
-        run_dir / "checkpoints", monitor="val_loss", every_n_steps=t.checkpoint_every
-    )
-    if best_val_loss is not None:  # resumed: best/ holds this value, beat it to replace it
-        checkpoint.tracker.best = best_val_loss
-    trainer = Trainer(
-        model,
-        loss=SparseCategoricalCrossentropy(from_logits=True),
-        optimizer=cfg.optim.optimizer_spec(),
-        schedule=cfg.optim.schedule_spec(),
-        grad_accum=grad_accum,
-        clip_grad_norm=t.clip_grad_norm,
-        precision=t.precision,
-        device=device,
-        compile=t.compile,
-        run_dir=run_dir,
-        log_every=t.log_every,
-        verbose=verbose,
-        flops_per_sample=flops_per_token * gpt_cfg.block_size,
-        peak_flops=peak,
-        report_perplexity=True,
-        callbacks=[checkpoint],
-        nan_policy=t.nan_policy,
-        keep_last=t.keep_last,
-        config=checkpoint_config(cfg),
-        strategy=cfg.distributed.strategy,
-        activation_checkpointing=cfg.distributed.activation_checkpointing,
-    )
-    if verbose and du.active():
-        print(
-            f"distributed: {world} rank(s), backend {du.backend()}, strategy "
-            f"{trainer.strategy}; global batch {world * batch_size * grad_accum} sequences = "
-            f"{world} rank(s) x {batch_size} x {grad_accum} micro-step(s)",
-            flush=True,
-        )
-    train = RandomWindows(
-        index.train,
-        gpt_cfg.block_size,
-        batch_size,
-        seed=cfg.seed,
-        device=device,
-        rank=rank,
-        world_size=world,
-    )
-    val = SequentialWindows(
-        index.val, gpt_cfg.block_size, batch_size, max_batches=t.eval_batches, device=device
-    )
-    trainer.fit(
-        train,
-        val,
-        max_steps=t.max_steps,
-        eval_every=t.eval_every,
-        resume_from=last,
-    )
-    tensors = model_tensors(model)  # FSDP2: gathered onto rank 0 (a collective)
-    model_dir = run_dir / "model"
-    if rank == 0:
-        save_model_dir(model_dir, model, tokenizer, tensors)
-    final = trainer.evaluate(
-        SequentialWindows(index.val, gpt_cfg.block_size, batch_size, device=device),
-        prefix="val_",
-    )
-    results: dict[str, Any] = {
+        val = SequentialWindows(index.val, block, batch_size, device=device)
+        trainer.fit(train, val, resume_from=run.checkpoint, **cfg.train.fit_options())
+        tensors = model_tensors(model)  # FSDP2: gathered onto rank 0 (a collective)
+        model_dir = run.path / MODEL_DIR
+        if rank == 0:
+            save_model_dir(model_dir, model, tokenizer, tensors)
+        results = _results(trainer, model, val, run.path)  # the whole val split
+        run.write_results(results)
+        if rank == 0 and verbose:
+            print(_results_line(results, model_dir), flush=True)
+        if rank == 0:  # a sharded model cannot run alone on rank 0: sample the saved copy
+            sampler = load_model_dir(model_dir, device)[0] if trainer.strategy == "fsdp" else model
+            results["sample"] = sample_text(sampler, tokenizer, cfg.sample, stream=bool(verbose))
+        du.barrier()  # rank 0 writes the results and samples; the ranks end together
+    return {"sample": "", **results}
+
+
+def _results(trainer: Any, model: Any, val: Any, run_dir: Path) -> dict[str, Any]:
+    """The headline figures: steps, tokens, parameters, the loss over the whole validation
+    split (every rank evaluates its share), and throughput from rank 0's log."""
+    from groundup.train import distributed as du
+
+    final = trainer.evaluate(val, prefix="val_")
+    return {
         "steps": trainer.step,
         "tokens": trainer.tokens_seen,
         "params": model.num_params(),
         "final_val_loss": final.get("val_loss"),
         "final_val_perplexity": final.get("val_perplexity"),
+        **(_throughput(run_dir / "metrics.jsonl") if du.is_main() else {}),
+        **({"world_size": du.world_size()} if du.world_size() > 1 else {}),
     }
-    if rank != 0:
-        du.barrier()  # rank 0 writes the results and samples; the ranks end together
-        return {**results, "sample": ""}
-    results.update(_throughput(run_dir / "metrics.jsonl"))
-    if world > 1:
-        results["world_size"] = world
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-    if verbose:
-        print(
-            f"val loss (whole split) {results['final_val_loss']:.4f}, perplexity "
-            f"{results['final_val_perplexity']:.2f}; model saved in {model_dir}",
-            flush=True,
+
+
+def _results_line(results: dict[str, Any], model_dir: Path) -> str:
+    return (
+        f"val loss (whole split) {results['final_val_loss']:.4f}, perplexity "
+        f"{results['final_val_perplexity']:.2f}; model saved in {model_dir}\n--- sample ---"
+    )
+
+
+def check_pretrain(
+    cfg: PretrainConfig, world: int, rank_device: torch.device | None
+) -> tuple[torch.device, torch.dtype]:
+    """Everything about a pretrain config that can be wrong, checked before any work (the
+    tokenizer training and corpus encoding take minutes): the model section, the vocabulary
+    against the tokenizer's, the batch split, the device and precision, the LR schedule over
+    the run, and a corpus too short for one window. Returns (device, compute dtype)."""
+    from groundup.data.corpus import Corpus
+    from groundup.train.device import resolve_device, resolve_precision
+    from groundup.train.schedules import build_schedule
+
+    vocab = _tokenizer_vocab_bound(cfg)
+    gpt_cfg = build_gpt_config(cfg.model, vocab or 256)
+    if vocab is not None and "vocab_size" in cfg.model and gpt_cfg.vocab_size < vocab:
+        raise ConfigError(
+            f"model.vocab_size {gpt_cfg.vocab_size} is below the tokenizer's {vocab} tokens; set "
+            f"model.vocab_size >= {vocab} (or drop it: it follows the tokenizer) or lower "
+            "tokenizer.vocab_size"
         )
-        print("--- sample ---", flush=True)
-    # a sharded model cannot run alone on rank 0: sample from the saved full copy
-    sampler = load_model_dir(model_dir, device=device)[0] if trainer.strategy == "fsdp" else model
-    results["sample"] = sample_text(sampler, tokenizer, cfg.sample, stream=bool(verbose))
-    du.barrier()
-    return results
+    split_global_batch(cfg, gpt_cfg.block_size, world)
+    device = rank_device if rank_device is not None else resolve_device(cfg.train.device)
+    compute_dtype = resolve_precision(cfg.train.precision, device) or torch.float32
+    build_schedule(cfg.optim.schedule_spec(), cfg.train.max_steps)
+    corpus = Corpus(cfg.data.source, text_field=cfg.data.text_field, bad_rows=cfg.data.bad_rows)
+    sized = [f for f in corpus.files or [] if f.suffix.lower() != ".parquet"]
+    if (
+        sized
+        and len(sized) == len(corpus.files)
+        and sum(f.stat().st_size for f in sized) <= (gpt_cfg.block_size)
+    ):
+        for _ in corpus:  # so tiny it costs nothing to read: an empty one says so
+            pass
+        raise DataError(
+            f"the corpus {cfg.data.source} is shorter than one window of model.block_size + 1 "
+            f"= {gpt_cfg.block_size + 1} tokens; lower model.block_size or give more text"
+        )
+    return device, compute_dtype
+
+
+def _tokenizer_vocab_bound(cfg: PretrainConfig) -> int | None:
+    """The tokenizer's size where it is known before training: a tokenizer file's, or a BPE's
+    target; None for a char tokenizer (its size is the corpus's alphabet)."""
+    from groundup.data.tokenizers import Tokenizer
+
+    if cfg.tokenizer.path:
+        return Tokenizer.load(cfg.tokenizer.path).vocab_size
+    return cfg.tokenizer.vocab_size if cfg.tokenizer.kind == "bpe" else None
+
+
+def prepared_data(cfg: PretrainConfig, verbose: int) -> tuple[Any, Any]:
+    """(tokenizer, token shards): rank 0 trains or loads the tokenizer and encodes (or reuses)
+    the shards in the run folder; the other ranks read what it wrote (several nodes: run_dir
+    on a shared file system)."""
+    from groundup.data.shards import load_shards
+    from groundup.data.tokenizers import Tokenizer
+    from groundup.train import distributed as du
+
+    built: dict[str, Any] = {}
+
+    def build() -> None:
+        built["tokenizer"] = build_tokenizer(
+            cfg, save_to=Path(cfg.run_dir) / "tokenizer.json", verbose=verbose
+        )
+        built["index"] = build_shards(cfg, built["tokenizer"], verbose=verbose)
+
+    du.main_first(build)
+    if built:
+        return built["tokenizer"], built["index"]
+    return Tokenizer.load(Path(cfg.run_dir) / "tokenizer.json"), load_shards(shards_dir(cfg))
+
+
+def _model_line(model: Any, device: torch.device, dtype: torch.dtype, peak: float) -> str:
+    precision = "bf16" if dtype == torch.bfloat16 else str(dtype).removeprefix("torch.")
+    return (
+        f"model: {model.config.flavour}, {model.num_params() / 1e6:.2f}M parameters, "
+        f"{model.flops_per_token() / 1e6:.1f} MFLOPs/token; device {device}, {precision}, "
+        f"measured peak {peak / 1e9:.0f} GFLOP/s"
+    )
 
 
 def _throughput(metrics_file: Path) -> dict[str, float]:

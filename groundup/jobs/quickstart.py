@@ -12,142 +12,135 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from groundup.config import apply_overrides, from_dict, to_dict
-from groundup.data.prepare import TabularDataConfig
+from groundup.config import load_config, to_dict
+from groundup.configs import shipped_config
+from groundup.errors import ConfigError
 from groundup.jobs.export import run_export
 from groundup.jobs.finetune import FinetuneConfig, run_finetune
-from groundup.jobs.pretrain import PretrainConfig, run_pretrain
-from groundup.jobs.train import LoopConfig, OptimConfig, TrainJobConfig, run_train
+from groundup.jobs.pretrain import PretrainConfig, build_gpt_config, run_pretrain
+from groundup.jobs.train import TrainJobConfig, run_train
+
+# What the quickstart changes in each shipped config, in one place: shorter runs, so the whole
+# lifecycle takes about 4 minutes on 2 CPU cores. Dotted keys, applied like command-line
+# overrides after the stage's run_dir (and before the user's own overrides).
+QUICK_OVERRIDES: dict[str, dict[str, Any]] = {
+    # configs/digits-mlp.yaml: ten epochs in full, the accuracy alone
+    "digits": {"metrics": ["accuracy"], "early_stopping": None},
+    # configs/pretrain-pydocs.yaml: 500 steps instead of 800
+    "gpt": {
+        "optim.warmup_steps": 50,
+        "train.max_steps": 500,
+        "train.eval_every": 250,
+        "train.eval_batches": 10,
+        "sample.max_new_tokens": 80,
+    },
+    # configs/finetune-sft-lora.yaml: one epoch, evaluated at its end
+    "sft": {"train.epochs": 1, "train.eval_every": None, "train.log_every": 20},
+}
+# stage -> (shipped config, its dataclass, the run folder inside the quickstart's run_dir)
+STAGES: dict[str, tuple[str, type, str]] = {
+    "digits": ("digits-mlp.yaml", TrainJobConfig, "digits-mlp"),
+    "gpt": ("pretrain-pydocs.yaml", PretrainConfig, "pydocs-gpt"),
+    "sft": ("finetune-sft-lora.yaml", FinetuneConfig, "pydocs-sft-lora"),
+}
+# a user override starting with one of these goes to that stage; the rest to the GPT stage
+STAGE_PREFIXES = {"digits.": "digits", "sft.": "sft"}
+
+
+def stage_config(
+    stage: str, run_dir: str | Path, overrides: Any = (), sets: dict[str, Any] | None = None
+) -> Any:
+    """The shipped config of `stage` with its run_dir, shortened by QUICK_OVERRIDES, then
+    `sets` (more dotted keys: `{"base.path": ...}`) and the user's `overrides` (`a.b=1`)."""
+    name, cls, _ = STAGES[stage]
+    values = {"run_dir": str(run_dir), **QUICK_OVERRIDES[stage], **(sets or {})}
+    # JSON is YAML: each value reads back exactly as it is written here
+    quick = [f"{key}={json.dumps(value)}" for key, value in values.items()]
+    return load_config(cls, shipped_config(name), [*quick, *overrides])
 
 
 def seed_mlp_config(run_dir: str | Path) -> TrainJobConfig:
-    """The tutorial's seed model on digits (the same as configs/digits-mlp.yaml)."""
-    return TrainJobConfig(
-        run_dir=str(run_dir),
-        seed=0,
-        data=TabularDataConfig(dataset="digits", test_size=0.2, val_size=0.1, normalize="standard"),
-        layers=[
-            {"type": "Dense", "units": 128, "activation": "relu"},
-            {"type": "Dense", "units": 64, "activation": "relu"},
-            {"type": "Dense", "units": 10, "activation": "softmax"},
-        ],
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        optim=OptimConfig(name="adam", lr=1e-3),
-        train=LoopConfig(epochs=10, batch_size=32),
-    )
+    """The tutorial's seed model on digits: configs/digits-mlp.yaml without early stopping."""
+    return stage_config("digits", run_dir)
 
 
 def pydocs_gpt_config(run_dir: str | Path) -> PretrainConfig:
     """configs/pretrain-pydocs.yaml, shortened to a few minutes on 2 CPU cores."""
-    cfg = from_dict(PretrainConfig, _PYDOCS_QUICK)
-    cfg.run_dir = str(run_dir)
-    return cfg
-
-
-_PYDOCS_QUICK = {
-    "seed": 1337,
-    "data": {"source": "pydocs", "val_fraction": 0.1},
-    "tokenizer": {"kind": "bpe", "vocab_size": 4096},
-    "model": {
-        "flavour": "gpt2",
-        "n_layer": 4,
-        "n_head": 4,
-        "n_embd": 256,
-        "block_size": 128,
-        "activation": "gelu",
-        "dropout": 0.2,
-    },
-    "optim": {
-        "name": "adamw",
-        "lr": 2e-3,
-        "weight_decay": 0.1,
-        "betas": [0.9, 0.99],
-        "schedule": "cosine",
-        "warmup_steps": 50,
-        "min_lr_ratio": 0.1,
-    },
-    "train": {
-        "max_steps": 500,
-        "batch_size": 16,
-        "eval_every": 250,
-        "eval_batches": 10,
-        "log_every": 50,
-    },
-    "sample": {"prompt": "The list", "max_new_tokens": 80},
-}
+    return stage_config("gpt", run_dir)
 
 
 def sft_lora_config(run_dir: str | Path, base: str | Path) -> FinetuneConfig:
     """configs/finetune-sft-lora.yaml on the quickstart's GPT, shortened to one epoch."""
-    cfg = from_dict(FinetuneConfig, _SFT_QUICK)
-    cfg.run_dir, cfg.base.path = str(run_dir), str(base)
-    return cfg
+    return stage_config("sft", run_dir, sets={"base.path": str(base)})
 
 
-_SFT_QUICK = {
-    "seed": 0,
-    "task": "sft",
-    "method": "lora",
-    "base": {"path": "runs/pydocs"},
-    "lora": {
-        "rank": 8,
-        "alpha": 16,
-        "dropout": 0.05,
-        "targets": ["*.attn.qkv", "*.attn.proj", "*.mlp.up", "*.mlp.down"],
-    },
-    "data": {"builtin": "stdlib-qa", "template": "auto", "packing": True},
-    "optim": {
-        "name": "adamw",
-        "lr": 2e-3,
-        "weight_decay": 0.0,
-        "schedule": "cosine",
-        "warmup_steps": 20,
-        "min_lr_ratio": 0.1,
-    },
-    "train": {"epochs": 1, "batch_size": 16, "log_every": 20},
-    "sample": {"prompt": "What does os.path.join do?", "max_new_tokens": 60, "temperature": 0.0},
-}
+def stage_configs(run_dir: str | Path, overrides: Any = ()) -> dict[str, Any]:
+    """Every stage's config, built and checked before anything runs: a wrong override fails
+    here, not after the first stage has trained. The SFT stage tunes the GPT stage's run."""
+    run_dir = Path(run_dir)
+    split: dict[str, list[str]] = {stage: [] for stage in STAGES}
+    typed: dict[str, list[str]] = {stage: [] for stage in STAGES}  # as the user wrote them
+    for text in overrides:
+        prefix = next((p for p in STAGE_PREFIXES if text.startswith(p)), None)
+        stage = STAGE_PREFIXES.get(prefix, "gpt")
+        split[stage].append(text.removeprefix(prefix or ""))
+        typed[stage].append(text)
+    configs: dict[str, Any] = {}
+    for stage, (name, _, folder) in STAGES.items():
+        sets = {"base.path": configs["gpt"].run_dir} if stage == "sft" else None
+        try:
+            configs[stage] = cfg = stage_config(stage, run_dir / folder, split[stage], sets)
+            if stage == "digits":
+                cfg.data.validate()  # dataset or path, and target
+            if stage == "gpt":
+                build_gpt_config(cfg.model, 256)  # the model section (256: any vocabulary)
+        except ConfigError as exc:
+            given = f" (overrides: {' '.join(typed[stage])})" if typed[stage] else ""
+            raise ConfigError(
+                f"quickstart {stage} stage, configs/{name}{given}: {exc}; overrides go to the "
+                "GPT stage, or to the others with a digits. or sft. prefix"
+            ) from None
+    return configs
 
 
 def run_quickstart(
-    run_dir: str | Path = "runs/quickstart", overrides: Any = (), verbose: int = 1
+    run_dir: str | Path = "runs/quickstart",
+    overrides: Any = (),
+    verbose: int = 1,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run every stage; returns each stage's headline results.
 
     Overrides apply to the GPT stage (`train.max_steps=100`), except those starting with
-    `digits.`, which go to the MLP stage (`digits.train.epochs=5`).
+    `digits.` (the MLP stage: `digits.train.epochs=5`) or `sft.` (the LoRA stage:
+    `sft.train.epochs=2`). Every stage's config is checked before the first one trains.
+    `resume`: a stage that finished keeps its results, an interrupted one goes on from its
+    newest checkpoint, the others run.
     """
     run_dir = Path(run_dir)
-    digits_over = [o.removeprefix("digits.") for o in overrides if o.startswith("digits.")]
-    gpt_over = [o for o in overrides if not o.startswith("digits.")]
+    configs = stage_configs(run_dir, overrides)
     results: dict[str, Any] = {}
 
     print("== 1/3 the seed MLP on digits (groundup train) ==", flush=True)
-    cfg = seed_mlp_config(run_dir / "digits-mlp")
-    if digits_over:
-        cfg = from_dict(TrainJobConfig, apply_overrides(to_dict(cfg), digits_over))
-    digits = run_train(None, config=cfg, overwrite=True, verbose=verbose)
+    digits = _stage(run_train, configs["digits"], resume, verbose)
     results["digits_test_accuracy"] = digits["test_accuracy"]
 
     print("\n== 2/3 a GPT pretrained on Python's docs (groundup pretrain) ==", flush=True)
-    gpt_cfg = pydocs_gpt_config(run_dir / "pydocs-gpt")
-    if gpt_over:
-        gpt_cfg = from_dict(PretrainConfig, apply_overrides(to_dict(gpt_cfg), gpt_over))
-    gpt = run_pretrain(None, config=gpt_cfg, overwrite=True, verbose=verbose)
+    gpt = _stage(run_pretrain, configs["gpt"], resume, verbose)
     results["gpt_val_loss"] = gpt["final_val_loss"]
-    results["gpt_sample"] = gpt["sample"]
+    results["gpt_sample"] = gpt.get("sample", "")
 
     print(
         "\n== 3/3 LoRA instruction tuning of that GPT, then export (groundup finetune) ==",
         flush=True,
     )
-    sft_cfg = sft_lora_config(run_dir / "pydocs-sft-lora", run_dir / "pydocs-gpt")
-    base_val = _base_sft_loss(run_dir / "pydocs-gpt", sft_cfg)
-    sft = run_finetune(None, config=sft_cfg, overwrite=True, verbose=verbose)
+    sft_cfg = configs["sft"]
+    base_val = _base_sft_loss(Path(sft_cfg.base.path), sft_cfg)
+    sft = _stage(run_finetune, sft_cfg, resume, verbose)
     export_dir = run_export(
         sft_cfg.run_dir, run_dir / "pydocs-sft-lora-hf", overwrite=True, verbose=verbose
     )
@@ -171,17 +164,34 @@ def run_quickstart(
         flush=True,
     )
     print(
-        f"generate more with: groundup generate {run_dir / 'pydocs-gpt'} --prompt 'The list'\n"
-        f"ask the tuned model: groundup generate {run_dir / 'pydocs-sft-lora'} "
+        f"generate more with: groundup generate {configs['gpt'].run_dir} --prompt 'The list'\n"
+        f"ask the tuned model: groundup generate {sft_cfg.run_dir} "
         "--prompt 'What does json.dumps do?' --temperature 0",
         flush=True,
     )
     return results
 
 
+def _stage(run: Any, cfg: Any, resume: bool, verbose: int) -> dict[str, Any]:
+    """One stage: run it afresh (replacing what an earlier quickstart left), or with `resume`
+    keep a finished stage's results and continue an interrupted one from its checkpoint."""
+    from groundup.runs import RESULTS_FILE, comparable, read_saved_config
+    from groundup.train.checkpoint import find_latest
+
+    path = Path(cfg.run_dir)
+    if resume:
+        same = comparable(read_saved_config(path)) == comparable(to_dict(cfg))
+        if same and (path / RESULTS_FILE).is_file():
+            if verbose:
+                print(f"finished before: results from {path / RESULTS_FILE}", flush=True)
+            return json.loads((path / RESULTS_FILE).read_text(encoding="utf-8"))
+        if same and find_latest(path / "checkpoints") is not None:
+            return run(None, config=cfg, resume=True, verbose=verbose)
+    return run(None, config=cfg, overwrite=True, verbose=verbose)
+
+
 def _base_sft_loss(base: Path, cfg: FinetuneConfig) -> float:
     """The base model's loss on the held-out answers: what fine-tuning has to beat."""
-    import json
     import tempfile
 
     from groundup.data.text_builtin import load_sft_dataset

@@ -15,83 +15,36 @@ from typing import Any, Literal
 from groundup.config import check, load_config
 from groundup.data.prepare import TabularDataConfig, prepare_tabular
 from groundup.errors import ConfigError
-from groundup.jobs.run_dir import checkpoint_config, prepare_run_dir, resume_point, wants_resume
-from groundup.train.callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint
-
-
-@dataclass
-class OptimConfig:
-    """The optimizer and its LR schedule. Unset fields keep the optimizer's own default."""
-
-    name: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float | None = None
-    momentum: float | None = None
-    nesterov: bool | None = None
-    betas: list[float] | None = None
-    eps: float | None = None
-    schedule: str = "constant"
-    warmup_steps: int = 0
-    min_lr_ratio: float | None = None
-    step_size: int | None = None
-    gamma: float | None = None
-    decay_fraction: float | None = None
-
-    def __post_init__(self) -> None:
-        check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
-        check(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
-
-    def optimizer_spec(self) -> dict[str, Any]:
-        spec: dict[str, Any] = {"name": self.name, "lr": self.lr}
-        for key in ("weight_decay", "momentum", "nesterov", "eps"):
-            if getattr(self, key) is not None:
-                spec[key] = getattr(self, key)
-        if self.betas is not None:
-            spec["betas"] = tuple(self.betas)
-        return spec
-
-    def schedule_spec(self) -> dict[str, Any]:
-        spec: dict[str, Any] = {"name": self.schedule}
-        if self.warmup_steps:
-            spec["warmup_steps"] = self.warmup_steps
-        for key in ("min_lr_ratio", "step_size", "gamma", "decay_fraction"):
-            if getattr(self, key) is not None:
-                spec[key] = getattr(self, key)
-        return spec
+from groundup.runs import MODEL_DIR, Run, plan_run
+from groundup.train.callbacks import Callback, CSVLogger, EarlyStopping
+from groundup.train.loop_config import LoopConfig
+from groundup.train.optim_config import OptimConfig
 
 
 @dataclass
 class EarlyStoppingConfig:
-    monitor: str = "val_loss"
-    mode: str = "auto"
-    patience: int = 3
-    min_delta: float = 0.0
-    restore_best_weights: bool = True
+    """Stop when the monitored value stops improving (and keep the best weights)."""
+
+    monitor: str = "val_loss"  # a logged value: val_loss, val_accuracy, loss, ...
+    mode: str = "auto"  # min, max, or auto (from the name)
+    patience: int = 3  # evaluations without improvement before stopping
+    min_delta: float = 0.0  # the smallest change that counts as an improvement
+    restore_best_weights: bool = True  # end with the weights of the best evaluation
 
 
 @dataclass
-class LoopConfig:
+class TrainLoopConfig(LoopConfig):
     """How long and how: epochs or steps, batch size, accumulation, clipping, precision."""
 
-    epochs: int = 10
-    max_steps: int | None = None
-    batch_size: int = 32
-    grad_accum: int = 1
-    clip_grad_norm: float | None = None
-    precision: str = "fp32"
-    device: str = "auto"
-    compile: bool = False
-    shuffle: bool = True
-    log_every: int = 50  # steps between train records in metrics.jsonl
-    checkpoint_every: int | None = None  # steps between checkpoints (besides each evaluation)
-    keep_last: int | None = 3  # step checkpoints kept besides best/ (null: all)
-    nan_policy: Literal["stop", "skip", "rollback"] = "stop"  # on a non-finite loss/grad norm
+    epochs: int = 10  # passes over the training split
+    shuffle: bool = True  # a new seeded order every epoch
 
     def __post_init__(self) -> None:
-        check(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
-        check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
-        check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
-        check(self.grad_accum >= 1, f"train.grad_accum must be >= 1, got {self.grad_accum}")
+        super().__post_init__()
+        check(
+            isinstance(self.epochs, int) and self.epochs >= 1,
+            f"train.epochs must be an integer >= 1, got {self.epochs!r}",
+        )
 
 
 @dataclass
@@ -107,7 +60,7 @@ class TrainJobConfig:
     loss: str = "sparse_categorical_crossentropy"
     metrics: list[str] = field(default_factory=lambda: ["accuracy"])
     optim: OptimConfig = field(default_factory=OptimConfig)
-    train: LoopConfig = field(default_factory=LoopConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     early_stopping: EarlyStoppingConfig | None = None
     save_best: bool = True
 
@@ -129,34 +82,22 @@ def run_train(
 ) -> dict[str, Any]:
     """Run `groundup train`; returns the test metrics (also written to results.json).
 
-    `resume` continues from the newest complete checkpoint in `<run_dir>/checkpoints`
-    (same config required). Early stopping's patience counter starts afresh on resume."""
+    `resume` continues from the newest complete checkpoint in `<run_dir>/checkpoints` (same
+    config, but for train.epochs/max_steps); early stopping's patience and best value come
+    back with it. Everything is checked before the run folder is touched."""
     import groundup as gu
-    from groundup.models.layers import layer_from_config
     from groundup.seed import set_seed
 
     cfg = config if config is not None else load_config(TrainJobConfig, config_path, overrides)
-    last: Path | None = None
-    best_val_loss = None
-    resume = wants_resume(cfg.run_dir, cfg, resume)
-    if resume:
-        run_dir = Path(cfg.run_dir)
-        last, best_val_loss = resume_point(run_dir, cfg)
-    else:
-        run_dir = prepare_run_dir(cfg.run_dir, cfg, overwrite=overwrite)
+    plan = plan_run(cfg.run_dir, cfg, overwrite=overwrite, resume=resume)
     set_seed(cfg.seed)
     data = prepare_tabular(cfg.data)
-    if data.x_val is None or len(data.x_val) == 0:
-        if cfg.early_stopping is not None:
-            raise ConfigError("early_stopping needs a validation split: set data.val_size > 0")
-    layers = []
-    for i, spec in enumerate(cfg.layers):
-        if not isinstance(spec, dict) or "type" not in spec:
-            raise ConfigError(
-                f"layers[{i}] must be a mapping with a 'type', e.g. {{type: Dense, units: 64}}"
-            )
-        layers.append(layer_from_config(dict(spec)))
-    model = gu.Sequential(layers, name=Path(cfg.run_dir).name)
+    has_val = data.x_val is not None and len(data.x_val) > 0
+    check(
+        has_val or cfg.early_stopping is None,
+        "early_stopping needs a validation split: set data.val_size > 0",
+    )
+    model = gu.Sequential(build_layers(cfg.layers), name=Path(cfg.run_dir).name)
     model.build(data.x_train.shape[1:])
     model.compile(
         optimizer=cfg.optim.optimizer_spec(),
@@ -168,54 +109,65 @@ def run_train(
         precision=cfg.train.precision,
         device=cfg.train.device,
         jit_compile=cfg.train.compile,
-        run_dir=run_dir,
+        run_dir=plan.path,
+        log_every=cfg.train.log_every,
+        nan_policy=cfg.train.nan_policy,
+        keep_last=cfg.train.keep_last,
+        config=plan.config,
     )
-    trainer = model.trainer
-    trainer.log_every = cfg.train.log_every
-    trainer.nan_policy = cfg.train.nan_policy
-    trainer.keep_last = cfg.train.keep_last
-    trainer.config = checkpoint_config(cfg)
+    with Run.begin(plan) as run:
+        if verbose:
+            model.summary()
+        callbacks = _callbacks(cfg, run, has_val)
+        model.fit(
+            data.x_train,
+            data.y_train,
+            batch_size=cfg.train.batch_size,
+            epochs=cfg.train.epochs,
+            max_steps=cfg.train.max_steps,
+            validation_data=(data.x_val, data.y_val) if has_val else None,
+            shuffle=cfg.train.shuffle,
+            callbacks=callbacks,
+            verbose=verbose,
+            seed=cfg.seed,
+            resume_from=run.checkpoint,
+        )
+        test = model.evaluate(data.x_test, data.y_test, verbose=0, return_dict=True)
+        results = {"test_" + k: v for k, v in test.items()}
+        model.save(run.path / MODEL_DIR)
+        (run.path / "preprocessing.json").write_text(
+            json.dumps(data.preprocessor, indent=2), encoding="utf-8"
+        )
+        run.write_results(results)
     if verbose:
-        model.summary()
-    callbacks: list[Callback] = [CSVLogger(run_dir / "history.csv", append=resume)]
-    has_val = data.x_val is not None and len(data.x_val) > 0
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in results.items())
+        print(f"test: {shown}\nrun directory: {run.path}", flush=True)
+    return results
+
+
+def _callbacks(cfg: TrainJobConfig, run: Run, has_val: bool) -> list[Callback]:
+    """history.csv, early stopping when configured, and the run's checkpoints."""
+    callbacks: list[Callback] = [CSVLogger(run.path / "history.csv")]
     if cfg.early_stopping is not None:
         es = cfg.early_stopping
         callbacks.append(
             EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta, es.restore_best_weights)
         )
-    if (cfg.save_best and has_val) or cfg.train.checkpoint_every:
-        checkpoint = ModelCheckpoint(
-            run_dir / "checkpoints",
-            monitor="val_loss" if cfg.save_best and has_val else None,
-            every_n_steps=cfg.train.checkpoint_every,
-        )
-        if best_val_loss is not None and checkpoint.tracker is not None:
-            checkpoint.tracker.best = best_val_loss  # resumed: best/ holds this value
-        callbacks.append(checkpoint)
-    model.fit(
-        data.x_train,
-        data.y_train,
-        batch_size=cfg.train.batch_size,
-        epochs=cfg.train.epochs,
-        max_steps=cfg.train.max_steps,
-        validation_data=(data.x_val, data.y_val) if has_val else None,
-        shuffle=cfg.train.shuffle,
-        callbacks=callbacks,
-        verbose=verbose,
-        seed=cfg.seed,
-        resume_from=last,
-    )
-    results = {
-        "test_" + k: v
-        for k, v in model.evaluate(data.x_test, data.y_test, verbose=0, return_dict=True).items()
-    }
-    model.save(run_dir / "model")
-    (run_dir / "preprocessing.json").write_text(
-        json.dumps(data.preprocessor, indent=2), encoding="utf-8"
-    )
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-    if verbose:
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in results.items())
-        print(f"test: {shown}\nrun directory: {run_dir}", flush=True)
-    return results
+    monitor = "val_loss" if cfg.save_best and has_val else None
+    if monitor or cfg.train.checkpoint_every:
+        callbacks += run.callbacks(monitor, every_n_steps=cfg.train.checkpoint_every)
+    return callbacks
+
+
+def build_layers(specs: list[dict]) -> list[Any]:
+    """The Sequential's layers from the config's `layers:` list (each checked by its type)."""
+    from groundup.models.layers import layer_from_config
+
+    layers = []
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or "type" not in spec:
+            raise ConfigError(
+                f"layers[{i}] must be a mapping with a 'type', e.g. {{type: Dense, units: 64}}"
+            )
+        layers.append(layer_from_config(dict(spec)))
+    return layers

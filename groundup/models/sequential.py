@@ -108,8 +108,10 @@ class Sequential(nn.Module):
         device: str = "auto",
         jit_compile: bool = False,
         run_dir: str | Path | None = None,
+        **trainer_options: Any,
     ) -> None:
-        """Choose the loss, optimizer and metrics (Keras spelling); builds the `Trainer`."""
+        """Choose the loss, optimizer and metrics (Keras spelling); builds the `Trainer`.
+        `trainer_options` go to it as they are (log_every, nan_policy, keep_last, ...)."""
         if loss is None:
             raise ConfigError("compile needs a loss, e.g. loss='sparse_categorical_crossentropy'")
         if len(self.layers) == 0:
@@ -150,6 +152,7 @@ class Sequential(nn.Module):
             forward=forward,
             output_transform=transform,
             regularizer=self._regularization_loss,
+            **trainer_options,
         )
 
     def _regularization_loss(self) -> torch.Tensor | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from groundup.errors import ConfigError
+from groundup.errors import ConfigError, GroundupError
 
 if TYPE_CHECKING:
     from groundup.train.trainer import Trainer
@@ -42,6 +43,14 @@ class Callback:
     def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None: ...
     def on_log(self, trainer: Trainer, logs: dict[str, float]) -> None: ...
     def on_save(self, trainer: Trainer, path: Path) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """What this callback must remember across a resume (JSON-able); saved in each
+        checkpoint's state.json and given back to `load_state_dict` before training goes on."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what `state_dict` returned (called after `on_train_begin` on resume)."""
 
 
 _HOOKS = (
@@ -185,9 +194,46 @@ class EarlyStopping(Callback):
                 f"{self.wait} evaluations (best {self.tracker.best:.4f})"
             )
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best": self.tracker.best,
+            "wait": self.wait,
+            "best_step": self.best_step,
+            "stopped_epoch": self.stopped_epoch,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tracker.best = float(state["best"])
+        self.wait = int(state["wait"])
+        self.best_step = state.get("best_step")
+        self.stopped_epoch = state.get("stopped_epoch")
+
     def on_train_end(self, trainer: Trainer) -> None:
-        if self.restore_best_weights and self.best_weights is not None:
+        if not self.restore_best_weights:
+            return
+        if self.best_weights is not None:
             trainer.model.load_state_dict(self.best_weights)
+        elif self.best_step is not None:  # resumed after the best evaluation
+            self._restore_from_best_checkpoint(trainer)
+
+    def _restore_from_best_checkpoint(self, trainer: Trainer) -> None:
+        """The best weights of a resumed run live in `checkpoints/best/` when it was saved at
+        the same step (ModelCheckpoint monitoring the same quantity); otherwise say so."""
+        from groundup.train.checkpoint import load_weights, read_state
+
+        best = trainer.run_dir / "checkpoints" / "best" if trainer.run_dir else None
+        if best is not None and (best / "model.safetensors").is_file():
+            try:
+                same = int(read_state(best).get("step", -1)) == self.best_step
+            except GroundupError:
+                same = False
+            if same:
+                load_weights(trainer.model, best / "model.safetensors")
+                return
+        trainer.log_message(
+            f"restore_best_weights: the weights of step {self.best_step} were not kept across "
+            "the resume (no checkpoints/best of that step); the final weights stay"
+        )
 
 
 class ModelCheckpoint(Callback):
@@ -218,6 +264,7 @@ class ModelCheckpoint(Callback):
         self.keep_last = keep_last
         self.best_path: Path | None = None
         self.last_path: Path | None = None
+        self.best_step: int | None = None
 
     def _dir(self, trainer: Trainer) -> Path:
         if self.dirpath is not None:
@@ -226,21 +273,37 @@ class ModelCheckpoint(Callback):
             raise ConfigError("ModelCheckpoint needs a dirpath or a Trainer run_dir")
         return trainer.run_dir / "checkpoints"
 
-    def _save_last(self, trainer: Trainer) -> None:
-        self.last_path = trainer.save_step_checkpoint(self._dir(trainer), self.keep_last)
-
     def on_step_end(self, trainer: Trainer, step: int) -> None:
         if self.every_n_steps and step % self.every_n_steps == 0:
-            self._save_last(trainer)
+            trainer.request_save(self._dir(trainer), keep_last=self.keep_last)
 
     def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        # Saved by the trainer at the end of the step, after the step's records are written.
         if self.save_best and self.tracker is not None:
             value = self.tracker.value(logs)
             if value is not None and self.tracker.improved(value):
                 self.tracker.best = value
-                self.best_path = trainer.save_checkpoint(self._dir(trainer) / "best")
+                self.best_step = trainer.step
+                trainer.request_save(self._dir(trainer), best=True)
         if self.save_last:
-            self._save_last(trainer)
+            trainer.request_save(self._dir(trainer), keep_last=self.keep_last)
+
+    def on_save(self, trainer: Trainer, path: Path) -> None:
+        if path.parent != self._dir(trainer):
+            return
+        if path.name == "best":
+            self.best_path = path
+        else:
+            self.last_path = path
+
+    def state_dict(self) -> dict[str, Any]:
+        best = self.tracker.best if self.tracker is not None else None
+        return {"best": best, "best_step": self.best_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.tracker is not None and state.get("best") is not None:
+            self.tracker.best = float(state["best"])
+        self.best_step = state.get("best_step")
 
 
 class LearningRateMonitor(Callback):
@@ -273,9 +336,27 @@ class CSVLogger(Callback):
 
     def on_train_begin(self, trainer: Trainer) -> None:
         self.filename.parent.mkdir(parents=True, exist_ok=True)
-        if not self.append and self.filename.exists():
-            self.filename.unlink()
         self._keys = None
+        if trainer.resumed_from is not None:
+            self._rewind(trainer.step)  # the rows the checkpoint had seen, as they were
+        elif not self.append and self.filename.exists():
+            self.filename.unlink()
+
+    def _rewind(self, step: int) -> None:
+        """Drop the rows of steps after `step` (a resumed run writes them again)."""
+        if not self.filename.is_file():
+            return
+        with open(self.filename, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh, delimiter=self.separator))
+        if not rows or "step" not in rows[0]:
+            return
+        at = rows[0].index("step")
+        kept = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and int(r[at]) <= step]
+        tmp = self.filename.with_name(f".{self.filename.name}.tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            csv.writer(fh, delimiter=self.separator).writerows(kept)
+        os.replace(tmp, self.filename)
+        self._keys = rows[0]
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
         row = {"epoch": epoch, "step": trainer.step, **logs}

@@ -47,6 +47,7 @@ from groundup.train.checkpoint_dirs import (
     fsync_dir,
     is_complete,
     is_sharded_checkpoint,
+    kill_point,
     prune_checkpoints,
     read_state,
     step_checkpoints,
@@ -212,6 +213,7 @@ def save_checkpoint(
     slow = os.environ.get("GROUNDUP_TEST_SLOW_SAVE")
     if slow:  # test hook: lets a test kill the process while a checkpoint is half written
         time.sleep(float(slow))
+    kill_point("save-mid")
     payload = dict(state or {})
     extra_tensors, rng_meta = rng_tensors()
     payload["rng"] = rng_meta

@@ -15,6 +15,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,22 @@ LATEST_FILE = "latest"
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
+_passes: dict[str, int] = {}
+
+
+def kill_point(name: str) -> None:
+    """Test hook: `GROUNDUP_TEST_KILL=<name>:<n>` SIGKILLs this process the n-th time it gets
+    to point `name` of a checkpoint save ("save-mid": weights written into the temporary
+    folder; "save-done": the folder in place; "latest-done": the pointer moved; "prune-mid":
+    an old folder renamed but not yet deleted), so tests can kill a run exactly there."""
+    wanted = os.environ.get("GROUNDUP_TEST_KILL")
+    if not wanted or not wanted.startswith(name + ":"):
+        return
+    _passes[name] = _passes.get(name, 0) + 1
+    if _passes[name] == int(wanted.split(":")[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 # ---------------------------------------------------------------- one checkpoint directory
 def is_sharded_checkpoint(path: str | Path) -> bool:
     """A torch.distributed.checkpoint (FSDP2) checkpoint directory."""
@@ -43,6 +61,14 @@ def is_complete(path: Path) -> bool:
     """A checkpoint directory whose weights and state both made it to disk."""
     weights = (path / MODEL_FILE).is_file() or is_sharded_checkpoint(path)
     return (path / STATE_FILE).is_file() and weights
+
+
+def state_reads(path: Path) -> bool:
+    """True when `path`'s state.json parses as a JSON object (not cut short or garbled)."""
+    try:
+        return isinstance(json.loads((path / STATE_FILE).read_text(encoding="utf-8")), dict)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -116,25 +142,30 @@ def find_latest(directory: str | Path) -> Path | None:
 
     Follows the `latest` pointer; if it is missing or names something incomplete (a crash
     between the rename and the pointer update, or a hand-deleted folder), falls back to the
-    newest complete `step-N` directory.
+    newest complete `step-N` directory. A checkpoint whose state.json does not read (a disk
+    error, a hand edit) is passed over with a warning for the one before it.
     """
     directory = Path(directory)
+    candidates = step_checkpoints(directory)
     pointer = directory / LATEST_FILE
+    name = ""
     if pointer.is_file():
         try:
             name = pointer.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError):
             name = ""
-        if name and "/" not in name and is_complete(directory / name):
-            candidates = step_checkpoints(directory)
-            # a newer complete step dir than the pointer can exist if the pointer update was lost
-            if not candidates or STEP_DIR.match(name) is None:
-                return directory / name
-            newest = candidates[-1][1]
-            pointed = int(STEP_DIR.match(name).group(1))
-            return newest if candidates[-1][0] > pointed else directory / name
-    candidates = step_checkpoints(directory)
-    return candidates[-1][1] if candidates else None
+    if name and "/" not in name and STEP_DIR.match(name) is None and is_complete(directory / name):
+        candidates.append((-1, directory / name))  # a pointer to a non-step folder: trusted last
+    # the newest complete step dir wins: one newer than the pointer means its update was lost
+    for _, path in sorted(candidates, key=lambda c: c[0], reverse=True):
+        if state_reads(path):
+            return path
+        warnings.warn(
+            f"{path / STATE_FILE} is corrupted; using the checkpoint before it",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return None
 
 
 def write_latest(directory: str | Path, name: str) -> None:
@@ -147,11 +178,13 @@ def write_latest(directory: str | Path, name: str) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, directory / LATEST_FILE)
     fsync_dir_only(directory)
+    kill_point("latest-done")
 
 
 def prune_checkpoints(directory: str | Path, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` step dirs (never `best/` or what `latest` names),
-    and temp dirs left by crashed saves of other processes."""
+    and what killed saves of other processes left. A folder is renamed out of its step name
+    before it is deleted, so a kill mid-delete never leaves a half folder under a step name."""
     directory = Path(directory)
     keep = max(int(keep_last), 1)
     latest = find_latest(directory)
@@ -159,12 +192,37 @@ def prune_checkpoints(directory: str | Path, keep_last: int) -> list[Path]:
     for _, path in step_checkpoints(directory)[:-keep]:
         if latest is not None and path.resolve() == latest.resolve():
             continue
-        shutil.rmtree(path, ignore_errors=True)
+        doomed = path.with_name(f".{path.name}.old-{os.getpid()}")
+        path.rename(doomed)
+        kill_point("prune-mid")
+        shutil.rmtree(doomed, ignore_errors=True)
         removed.append(path)
-    for child in directory.iterdir():  # leftovers of a killed save (another pid's temp dir)
-        leftover = re.match(r"^\.step-\d+\.(tmp|old)-(\d+)$", child.name)
-        if leftover and child.is_dir() and int(leftover.group(2)) != os.getpid():
+    clean_debris(directory)
+    return removed
+
+
+# `.NAME.tmp-PID` / `.NAME.old-PID`: a save's temporary folder or file, or a replaced copy
+DEBRIS = re.compile(r"^\.[^/]+\.(tmp|old)-(\d+)$")
+
+
+def clean_debris(directory: str | Path) -> list[Path]:
+    """Remove the temporary folders and files that killed saves left in `directory` (those
+    of other processes: this one's may be in use). Returns what was removed."""
+    directory = Path(directory)
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for child in directory.iterdir():
+        match = DEBRIS.match(child.name)
+        # a step folder without its files can only be what an older delete left half done
+        half = STEP_DIR.match(child.name) is not None and child.is_dir() and not is_complete(child)
+        if not half and (match is None or int(match.group(2)) == os.getpid()):
+            continue
+        if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+        removed.append(child)
     return removed
 
 
@@ -177,5 +235,6 @@ def swap_in(tmp: Path, path: Path) -> None:
         path.rename(old)
     tmp.rename(path)
     fsync_dir_only(path.parent)
+    kill_point("save-done")
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)

@@ -93,7 +93,7 @@ def agree_loss_and_signal(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(global step loss, signalled flag > 0 when any rank got a signal), in one all-reduce."""
     signalled = torch.full((), float(signal or 0), device=device)
-    both = dist_utils.all_reduce_sum(torch.stack([step_loss.float(), signalled]))
+    both = dist_utils.all_reduce_sum(torch.stack([step_loss.double(), signalled.double()]))
     return both[0], both[1]
 
 

@@ -6,7 +6,7 @@ import torch
 
 from groundup.errors import ConfigError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp64")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -38,13 +38,24 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision`, or None for plain fp32."""
+    """The autocast dtype for `precision`, or None for plain fp32 (and fp64)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "fp32":
+    if precision in ("fp32", "fp64"):
         return None
     if precision == "auto":
         return torch.bfloat16 if bf16_supported(device) else None
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
     return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def weight_dtype(precision: str) -> torch.dtype | None:
+    """The dtype the Trainer casts the model (and floating inputs) to: float64 for "fp64",
+    None (keep the model's own) otherwise.
+
+    fp64 is for numerics, not speed: the equivalence tests (several ranks, accumulation,
+    resume vs one process) run in it, so their tolerance does not depend on a CPU's float32
+    rounding or summation order.
+    """
+    return torch.float64 if precision == "fp64" else None

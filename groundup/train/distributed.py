@@ -249,6 +249,16 @@ def split_sequences(batch_size: int, grad_accum: int, world_size: int) -> tuple[
     return batch, share // batch
 
 
+def describe_batch(strategy: str, batch_size: int, grad_accum: int) -> str:
+    """The line a job prints under torchrun: ranks, backend, strategy and the global batch."""
+    world = world_size()
+    return (
+        f"distributed: {world} rank(s), backend {backend()}, strategy {strategy}; global batch "
+        f"{world * batch_size * grad_accum} sequences = {world} rank(s) x {batch_size} x "
+        f"{grad_accum} micro-step(s)"
+    )
+
+
 def run_job(config: DistributedConfig, device: str, job: Callable[[torch.device | None], T]) -> T:
     """Run `job(rank_device)` as one rank of a torchrun job, or plainly in one process.
 

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, TextIO
+
+METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsLog:
@@ -18,7 +21,7 @@ class MetricsLog:
     def open(self, run_dir: Path | None, rank: int) -> None:
         if run_dir is not None and rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
-            self._file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+            self._file = open(run_dir / METRICS_FILE, "a", encoding="utf-8")
 
     def close(self) -> None:
         if self._file is not None:
@@ -29,6 +32,26 @@ class MetricsLog:
         if self._file is not None:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
+
+
+def rewind_records(path: Path, step: int) -> None:
+    """Cut a log of JSON records (metrics.jsonl) back to what a checkpoint of `step` had
+    seen: records of later steps, and a line a kill cut short, are dropped (the resumed run
+    writes them again). Written to a temporary file and renamed, so a kill here loses nothing.
+    """
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by the interruption
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def rate_logs(

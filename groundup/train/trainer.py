@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import signal
 import time
@@ -44,14 +43,23 @@ from groundup.train import data_parallel
 from groundup.train import distributed as dist_utils
 from groundup.train.batches import Batch
 from groundup.train.callbacks import Callback, CallbackList, ProgressBar
-from groundup.train.checkpoint import check_config, find_latest, load_checkpoint, unwrap
-from groundup.train.device import PRECISIONS, bf16_supported, resolve_device, resolve_precision
+from groundup.train.checkpoint import find_latest, load_checkpoint, unwrap
+from groundup.train.device import (
+    PRECISIONS,
+    bf16_supported,
+    resolve_device,
+    resolve_precision,
+    weight_dtype,
+)
 from groundup.train.fit_plan import plan_fit
 from groundup.train.history import History
+from groundup.train.loop_config import LoopConfig
 from groundup.train.losses import Loss, get_loss
-from groundup.train.metrics import Metric, get_metric
+from groundup.train.metrics import Metric, check_metrics_fit_loss, get_metric
 from groundup.train.optim import build_optimizer
-from groundup.train.run_log import MetricsLog, rate_logs
+from groundup.train.optim_config import OptimConfig
+from groundup.train.run_log import METRICS_FILE, MetricsLog, rate_logs, rewind_records
+from groundup.train.running_logs import RunningLogs
 from groundup.train.schedules import ConstantSchedule, Schedule, build_schedule
 from groundup.train.stop_signals import install_stop_handlers, restore_handlers
 
@@ -138,6 +146,10 @@ class Trainer:
             raise ConfigError(f"keep_last must be >= 1 (or null to keep all), got {keep_last}")
         self.device = resolve_device(device)
         self.model = model.to(self.device)
+        self._input_dtype = weight_dtype(precision)  # fp64: the model and float inputs
+        if self._input_dtype is not None:
+            self.model = self.model.to(self._input_dtype)
+        self._loss_dtype = self._input_dtype or torch.float32  # step losses accumulate in it
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
         self.strategy, self.model, self._ddp = data_parallel.prepare_model(
             self.model,
@@ -150,7 +162,7 @@ class Trainer:
         )
         if self.rank != 0:
             verbose = 0  # progress and messages on rank 0 only
-        self.loss_fn: Loss = get_loss(loss)
+        self.loss_fn: Loss = get_loss(loss, model=model)
         self._optimizer_spec = optimizer
         self._optimizer_overrides = {
             k: v for k, v in (("lr", lr), ("weight_decay", weight_decay)) if v is not None
@@ -161,6 +173,7 @@ class Trainer:
         self.schedule_spec = schedule
         self.schedule: Schedule | None = None
         self.metrics: list[Metric] = [get_metric(m) for m in metrics]
+        check_metrics_fit_loss(self.loss_fn, self.metrics)
         self.user_callbacks = list(callbacks)
         self.grad_accum = grad_accum
         self.clip_grad_norm = clip_grad_norm
@@ -204,6 +217,35 @@ class Trainer:
         self._micro_share = 1.0  # this micro-batch's item count (scales a per-step penalty)
         self._stop_flag: torch.Tensor | None = None  # several ranks: any rank signalled
         self._unsynced_noted = False  # several ranks: the note on uncombinable metrics is out
+        self._running = RunningLogs()  # epoch and log-window sums (saved in checkpoints)
+        self._window_start = time.perf_counter()
+        self._save_requests: list[tuple[Path, bool, int | None]] = []  # see request_save
+        self._saved_path: Path | None = None  # the step checkpoint saved at this step
+        self._evaluated_step: int | None = None  # the step of the last evaluation
+        self.resumed_from: Path | None = None  # the checkpoint fit() resumed from
+
+    @classmethod
+    def from_config(
+        cls, model: nn.Module, loop: LoopConfig, optim: OptimConfig, **options: Any
+    ) -> Trainer:
+        """A Trainer from a command's `train:` and `optim:` sections; `options` add what the
+        sections do not hold (loss, metrics, callbacks, run_dir, ...) or replace a value the
+        job computed (grad_accum split over ranks, a rank's device). Pass the same section's
+        `fit_options()` to `fit`."""
+        settings: dict[str, Any] = {
+            "optimizer": optim.optimizer_spec(),
+            "schedule": optim.schedule_spec(),
+            "grad_accum": loop.grad_accum,
+            "clip_grad_norm": loop.clip_grad_norm,
+            "precision": loop.precision,
+            "device": loop.device,
+            "compile": loop.compile,
+            "log_every": loop.log_every,
+            "nan_policy": loop.nan_policy,
+            "keep_last": loop.keep_last,
+        }
+        settings.update(options)
+        return cls(model, **settings)
 
     # ---------------------------------------------------------------- setup
     def build_optimizer(self) -> torch.optim.Optimizer:
@@ -220,6 +262,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _to_device(self, batch: Batch) -> Batch:
+        if self._input_dtype is not None:  # fp64: floating features and targets follow
+            batch = tuple(t.to(self._input_dtype) if t.is_floating_point() else t for t in batch)
         if self.device.type == "cpu":
             return batch
         non_blocking = self.device.type == "cuda"
@@ -263,7 +307,7 @@ class Trainer:
         else:
             counts = [self.loss_fn.count(b[1]) for b in micro_batches]
             total = sum(counts)
-            step_loss = torch.zeros((), device=self.device)
+            step_loss = torch.zeros((), dtype=self._loss_dtype, device=self.device)
             for batch, count in zip(micro_batches, counts):
                 self._micro_share = count * 1.0
                 with self._autocast():
@@ -290,7 +334,7 @@ class Trainer:
         """Forward/backward over several ranks; returns the global step loss (all ranks equal)."""
         counts = [self.loss_fn.count(b[1]) for b in micro_batches]
         total = data_parallel.global_item_count(counts, self.device)
-        step_loss = torch.zeros((), device=self.device)
+        step_loss = torch.zeros((), dtype=self._loss_dtype, device=self.device)
         last = len(micro_batches) - 1
         for i, (batch, count) in enumerate(zip(micro_batches, counts)):
             with data_parallel.micro_batch_sync(self.model, self._ddp, i, last):
@@ -383,7 +427,12 @@ class Trainer:
         resume_from: str | Path | None = None,
     ) -> History:
         """Train for `epochs` passes over `train` or `max_steps` optimizer steps (or both: the
-        first reached). Validation runs at each epoch end, or every `eval_every` steps."""
+        first reached). Validation runs at each epoch end, or every `eval_every` steps.
+
+        `resume_from` (a checkpoint, or a `checkpoints/` folder: its newest complete one)
+        restores weights, optimizer, RNG, counters, data position, the running epoch and log
+        sums and every callback's `state_dict`; metrics.jsonl is cut back to that step, so the
+        resumed run writes exactly the records the uninterrupted one would have."""
         plan = plan_fit(
             train,
             epochs=epochs,
@@ -397,26 +446,37 @@ class Trainer:
         self.has_validation = val is not None
 
         self.build_optimizer()
+        saved_state: dict[str, Any] | None = None
+        self.resumed_from = None
         if resume_from is not None:
-            self.load_checkpoint(resume_from)  # the budget counts from the run's first step
+            saved_state = self.load_checkpoint(resume_from)  # the budget counts from step 0
             self.total_steps = plan.budget
         else:  # a second fit() trains for its own budget, like Keras
             self.total_steps = self.step + plan.budget
             self.start_epoch = self.epoch
+            self._running = RunningLogs()
         self.schedule = build_schedule(self.schedule_spec, self.total_steps)
         if self.compile and self._forward is self._forward_fn:
             self._forward = torch.compile(self._forward_fn)
 
         callbacks = CallbackList(self._callbacks())
         self.stop_training = False
+        if saved_state is not None and self.rank == 0 and self.run_dir is not None:
+            rewind_records(self.run_dir / METRICS_FILE, self.step)
         self._metrics_log.open(self.run_dir, self.rank)
         self._signal = None
         previous = install_stop_handlers(self._on_stop_signal)
         callbacks.call("on_train_begin", self)
+        if saved_state is not None:  # after on_train_begin, which resets a fresh fit's state
+            self._load_callback_states(saved_state)
+            if self.verbose:
+                print(f"resumed from step {self.step} ({self.resumed_from})", flush=True)
         try:
             self._run(train, val, callbacks, eval_every, eval_batches, checkpoint_every)
             if self._signal is not None:
-                saved = self.save_step_checkpoint() if self.run_dir is not None else None
+                saved = None
+                if self.run_dir is not None:
+                    saved = self._saved_path or self.save_step_checkpoint()
                 raise TrainingInterrupted(self.step, saved, self._signal)
         finally:
             restore_handlers(previous)
@@ -453,18 +513,15 @@ class Trainer:
         model, schedule, accum = self.model, self.schedule, self.grad_accum
         # a constant LR without warmup needs no per-step work
         apply_schedule = not (isinstance(schedule, ConstantSchedule) and schedule.warmup_steps == 0)
-        has_step_hook = callbacks.has("on_step_end")
         if apply_schedule:
             schedule.apply(self.optimizer, self.step)
+        cadence = _Cadence(val, eval_every, eval_batches, checkpoint_every)
         while self.step < self.total_steps and not self.stop_training:
             model.train()
-            for m in self.metrics:
-                m.reset()
+            if self.step_in_epoch == 0:  # a resumed epoch keeps the sums it had so far
+                self._running.new_epoch(self.metrics)
             callbacks.call("on_epoch_begin", self, self.epoch)
-            step_losses: list[torch.Tensor] = []
-            step_sizes: list[int] = []
-            window_start, window_items = time.perf_counter(), 0
-            window_losses: list[torch.Tensor] = []
+            self._window_start = time.perf_counter()
             iterator: Iterator[Batch] = iter(train)
             micro: list[Batch] = []
             for batch in iterator:
@@ -477,61 +534,95 @@ class Trainer:
                 self.samples_seen += n_samples
                 if x.dtype in (torch.int64, torch.int32) and x.dim() == 2:
                     self.tokens_seen += x.numel() * len(micro) * self.world_size
-                window_items += n_samples
                 micro = []
                 self.step += 1
                 self.step_in_epoch += 1
                 if self.world_size > 1:
                     self._agree_on_stop()
+                self._running.add(loss, n_samples, self._step_skipped)
                 if not self._step_skipped:  # a dropped step's NaN stays out of the means
                     self.last_loss = loss
-                    step_losses.append(loss)
-                    step_sizes.append(n_samples)
-                    window_losses.append(loss)
                 if apply_schedule:
                     schedule.apply(self.optimizer, self.step)
-                if has_step_hook:
-                    callbacks.call("on_step_end", self, self.step)
-                if self.step % self.log_every == 0:
-                    self._log_train(callbacks, window_losses, window_items, window_start)
-                    window_start, window_items, window_losses = time.perf_counter(), 0, []
-                if checkpoint_every and self.step % checkpoint_every == 0 and self.run_dir:
-                    self.save_step_checkpoint()
-                if eval_every and self.step % eval_every == 0 and val is not None:
-                    self._evaluate_and_record(val, eval_batches, callbacks)
-                    model.train()
-                if self.step >= self.total_steps or self.stop_training:
+                if self._end_step(callbacks, cadence, iterator):
                     break
             if self._signal is not None:
                 break  # interrupted: no epoch-end evaluation, fit() saves and raises
-            epoch_ended = self.steps_per_epoch is not None and (
-                self.step_in_epoch >= self.steps_per_epoch
-            )
-            if self.steps_per_epoch is not None:
-                logs = self._epoch_logs(step_losses, step_sizes)
-                if val is not None and not eval_every:
-                    val_logs = self.evaluate(val, max_batches=eval_batches, prefix="val_")
-                    logs.update(val_logs)
-                    callbacks.call("on_eval_end", self, logs)
-                callbacks.call("on_epoch_end", self, self.epoch, logs)
-                self.history.record(self.epoch, self.step, logs)
-                self._write_metrics(
-                    {"event": "epoch", "epoch": self.epoch, "step": self.step, **logs}
-                )
-            elif val is not None and (not eval_every or self.step % eval_every != 0):
-                self._evaluate_and_record(val, eval_batches, callbacks)  # final evaluation
-            if epoch_ended or self.steps_per_epoch is None:
-                self.epoch += 1
-                self.step_in_epoch = 0
-            if self.steps_per_epoch is None:
+            if self.steps_per_epoch is None:  # an iterable without len() ran out
+                if cadence.val is not None and self._evaluated_step != self.step:
+                    self._evaluate_and_record(cadence, callbacks)
+                self._save_due(cadence)
                 break
 
-    def _epoch_logs(self, losses: list[torch.Tensor], sizes: list[int]) -> dict[str, float]:
+    def _end_step(self, callbacks: CallbackList, cadence: _Cadence, iterator: Iterator) -> bool:
+        """Everything after an optimizer step, in the order that makes a kill at any point
+        resumable into identical logs: the step's records (train log, evaluation, epoch end)
+        are written first, then checkpoints are saved (so a checkpoint of step N always comes
+        after every record of step N, and its state already counts the ended epoch). Returns
+        True when the loop over this epoch's batches must stop."""
+        self._saved_path = None
+        if self.step % self.log_every == 0:
+            self._log_train(callbacks)
+        if cadence.eval_every and self.step % cadence.eval_every == 0 and cadence.val is not None:
+            self._evaluate_and_record(cadence, callbacks)
+            self.model.train()
+        callbacks.call("on_step_end", self, self.step)
+        done = self.step >= self.total_steps or (self.stop_training and self._signal is None)
+        epoch_over = False
+        if self.steps_per_epoch is not None:
+            epoch_over = self.step_in_epoch >= self.steps_per_epoch
+            if epoch_over or done:
+                self._close_epoch(callbacks, cadence, ended=epoch_over)
+            if epoch_over:
+                for _ in iterator:  # a remainder too small for a whole step: the epoch ends
+                    pass
+                self.epoch += 1
+                self.step_in_epoch = 0
+        elif done and cadence.val is not None and self._evaluated_step != self.step:
+            self._evaluate_and_record(cadence, callbacks)  # the final evaluation
+        self._save_due(cadence)
+        return epoch_over or self.step >= self.total_steps or self.stop_training
+
+    def _close_epoch(self, callbacks: CallbackList, cadence: _Cadence, ended: bool) -> None:
+        """The epoch record (also for an epoch cut short by max_steps or a stop)."""
+        logs = self._epoch_logs()
+        if cadence.val is not None and not cadence.eval_every:
+            logs.update(self.evaluate(cadence.val, max_batches=cadence.eval_batches, prefix="val_"))
+            self._evaluated_step = self.step
+            callbacks.call("on_eval_end", self, logs)
+        callbacks.call("on_epoch_end", self, self.epoch, logs)
+        self.history.record(self.epoch, self.step, logs)
+        self._write_metrics({"event": "epoch", "epoch": self.epoch, "step": self.step, **logs})
+        self.model.train()
+
+    def _save_due(self, cadence: _Cadence) -> None:
+        """The checkpoints asked for during this step (best first, then step checkpoints),
+        and the every-`checkpoint_every`-steps one."""
+        requests, self._save_requests = self._save_requests, []
+        every = cadence.checkpoint_every
+        if every and self.step % every == 0 and self.run_dir is not None:
+            requests.append((self.run_dir / "checkpoints", False, None))
+        done: set[Path] = set()
+        for directory, best, keep_last in sorted(requests, key=lambda r: not r[1]):
+            if best:
+                self.save_checkpoint(directory / "best")
+            elif directory not in done:
+                done.add(directory)
+                self._saved_path = self.save_step_checkpoint(directory, keep_last)
+
+    def request_save(
+        self, directory: str | Path, *, best: bool = False, keep_last: int | None = None
+    ) -> None:
+        """Ask for a checkpoint in `directory` at the end of this step (its `best/` with
+        `best=True`, else a `step-N/`), after every record of the step is written. Callbacks
+        use this instead of saving from inside a hook."""
+        self._save_requests.append((Path(directory), best, keep_last))
+
+    def _epoch_logs(self) -> dict[str, float]:
         logs: dict[str, float] = {}
-        if losses:
-            weights = torch.tensor(sizes, dtype=torch.float32)
-            stacked = torch.stack([loss.float().cpu() for loss in losses])
-            logs["loss"] = float((stacked * weights).sum() / weights.sum())
+        loss = self._running.epoch_loss()
+        if loss is not None:
+            logs["loss"] = loss
         if self.world_size > 1 and self.metrics:
             self._sync_metrics()
         for m in self.metrics:
@@ -550,23 +641,19 @@ class Trainer:
                 "their training values are rank 0's share of the data"
             )
 
-    def _evaluate_and_record(
-        self, val: Iterable[Batch], eval_batches: int | None, callbacks: CallbackList
-    ) -> None:
-        logs = self.evaluate(val, max_batches=eval_batches, prefix="val_")
-        callbacks.call("on_eval_end", self, logs)
+    def _evaluate_and_record(self, cadence: _Cadence, callbacks: CallbackList) -> None:
+        logs = self.evaluate(cadence.val, max_batches=cadence.eval_batches, prefix="val_")
+        self._evaluated_step = self.step
         self.history.record(self.epoch, self.step, logs)
         self._write_metrics({"event": "eval", "step": self.step, **logs})
+        callbacks.call("on_eval_end", self, logs)
 
-    def _log_train(
-        self,
-        callbacks: CallbackList,
-        losses: list[torch.Tensor],
-        items: int,
-        start: float,
-    ) -> None:
-        elapsed = max(time.perf_counter() - start, 1e-9)
-        loss = float(torch.stack(losses).float().mean()) if losses else math.nan
+    def _log_train(self, callbacks: CallbackList) -> None:
+        losses, items = self._running.take_window()
+        now = time.perf_counter()
+        elapsed = max(now - self._window_start, 1e-9)
+        self._window_start = now
+        loss = float(torch.stack(losses).double().mean()) if losses else math.nan
         if losses and not math.isfinite(loss) and not self._check_every_step:
             self._on_nonfinite(loss, None, before_update=False)  # CUDA: checked at log steps
         logs: dict[str, float] = {"loss": loss, "lr": self.optimizer.param_groups[0]["lr"]}
@@ -614,7 +701,7 @@ class Trainer:
                 total += self.loss_fn.sum(outputs, y).double()
             count += int(self.loss_fn.count(y))
             if metrics:
-                out = outputs.float()
+                out = _at_least_fp32(outputs)
                 if self.output_transform is not None:
                     out = self.output_transform(out)
                 for m in metrics:
@@ -668,7 +755,7 @@ class Trainer:
                 x = self._to_device(tuple(batch))[0]
                 with self._autocast():
                     out = self._forward(x)
-                out = out.float()
+                out = _at_least_fp32(out)
                 if self.output_transform is not None:
                     out = self.output_transform(out)
                 outs.append(out.cpu())
@@ -677,18 +764,39 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:
-        """Counters and data position for exact resume."""
+        """Everything besides weights, optimizer and RNG that exact resume needs: counters,
+        the data position, the running epoch/log sums and every callback's `state_dict`."""
         state: dict[str, Any] = {
             "step": self.step,
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "samples_seen": self.samples_seen,
             "tokens_seen": self.tokens_seen,
+            "skipped_steps": self.skipped_steps,
+            "rollbacks": self.rollbacks,
+            "running": self._running.state_dict(self.metrics),
+            "callbacks": {key: cb.state_dict() for key, cb in self._keyed_callbacks()},
         }
         data_state = getattr(self._train_data, "state_dict", None)
         if callable(data_state):
             state["data"] = data_state()
         return state
+
+    def _keyed_callbacks(self) -> list[tuple[str, Callback]]:
+        """User callbacks by a stable key (class name, numbered when a class repeats)."""
+        seen: dict[str, int] = {}
+        out = []
+        for cb in self.user_callbacks:
+            name = type(cb).__name__
+            seen[name] = seen.get(name, 0) + 1
+            out.append((name if seen[name] == 1 else f"{name}_{seen[name]}", cb))
+        return out
+
+    def _load_callback_states(self, state: dict[str, Any]) -> None:
+        saved = state.get("callbacks", {})
+        for key, cb in self._keyed_callbacks():
+            if key in saved:
+                cb.load_state_dict(saved[key])
 
     def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write a checkpoint directory at `path` (replacing one there). Several ranks: every
@@ -731,25 +839,28 @@ class Trainer:
         return state
 
     def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
-        """Restore weights, optimizer, RNG, counters and data position from `path` (a
-        checkpoint directory, or a `checkpoints/` folder: its newest complete checkpoint)."""
+        """Restore weights, optimizer, RNG, counters, data position and the running sums from
+        `path` (a checkpoint directory, or a `checkpoints/` folder: its newest complete
+        checkpoint whose state.json reads). Returns the saved state; callback states are
+        applied by `fit`. Whether the checkpoint belongs to this config is the run's
+        question (groundup.runs compares the configs once, before anything is touched)."""
         self.build_optimizer()
         path = Path(path)
         if not (path / "state.json").is_file():
             latest = find_latest(path)
             path = latest if latest is not None else path
-        if self.config is not None and (path / "state.json").is_file():
-            try:
-                saved = json.loads((path / "state.json").read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                saved = {}  # load_checkpoint reports the corruption
-            check_config(saved.get("config"), self.config, path)
         state = load_checkpoint(path, unwrap(self.model), self.optimizer)
+        self.resumed_from = path
         self.step = int(state.get("step", 0))
         self.epoch = int(state.get("epoch", 0))
         self.step_in_epoch = int(state.get("step_in_epoch", 0))
         self.samples_seen = int(state.get("samples_seen", 0))
         self.tokens_seen = int(state.get("tokens_seen", 0))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.rollbacks = int(state.get("rollbacks", 0))
+        self._running = RunningLogs()
+        if "running" in state:
+            self._running.load_state_dict(state["running"], self.metrics, self.device)
         loader = getattr(self._train_data, "load_state_dict", None)
         if "data" in state and callable(loader):
             loader(state["data"])
@@ -764,6 +875,25 @@ class Trainer:
         if self.verbose:
             print(text, flush=True)
         self._write_metrics({"event": "message", "step": self.step, "text": text})
+
+
+class _Cadence:
+    """What fit() was asked to evaluate and save, and how often."""
+
+    def __init__(
+        self,
+        val: Iterable[Batch] | None,
+        eval_every: int | None,
+        eval_batches: int | None,
+        checkpoint_every: int | None,
+    ) -> None:
+        self.val, self.eval_every, self.eval_batches = val, eval_every, eval_batches
+        self.checkpoint_every = checkpoint_every
+
+
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 outputs as float32 for metrics and predictions; float64 stays float64."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def _fresh(metric: Metric) -> Metric:

@@ -1,4 +1,5 @@
-"""Finding, loading and saving the models that jobs start from and end with.
+"""Model folders: finding, loading and saving the models that commands start from and end with.
+`load_model(path)` loads any of them (a run directory, its `model/`, a Hugging Face folder).
 
 Three kinds of model folder are understood, told apart by config.json's `model_type`:
 - "groundup-gpt": a pretrain run's `model/` (GPT config, model.safetensors, tokenizer.json);
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from groundup.errors import CheckpointError, ConfigError, DependencyError, MissingFileError
@@ -121,10 +123,19 @@ def model_folder(path: str | Path) -> Path:
     path = resolve_model_path(path)
     if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
         return path / "model"
+    for keras in (path, path / "model"):
+        if (keras / "architecture.json").is_file() and not (keras / "config.json").is_file():
+            raise ConfigError(
+                f"{path} holds a Sequential model (a groundup train run): generate, evaluate "
+                "and export work on language models and text classifiers; load it in Python "
+                f"with gu.load_model('{keras}') and call .evaluate/.predict"
+            )
     if not (path / "config.json").is_file() and (path / "config.yaml").is_file():
+        command = _run_command(path)
         raise MissingFileError(
-            f"{path} is a run without a model/ folder yet (still training, or stopped): wait "
-            "for it to finish, or resume it (groundup pretrain CONFIG --resume)"
+            f"{path} is a run without a model/ folder yet (still training, or stopped before "
+            f"the end): wait for it to finish, or continue it with: groundup {command} "
+            f"--resume {path}"
         )
     if not (path / "config.json").is_file():
         raise MissingFileError(
@@ -132,6 +143,21 @@ def model_folder(path: str | Path) -> Path:
             "Face model folder (config.json + model.safetensors + tokenizer.json)"
         )
     return path
+
+
+def _run_command(path: Path) -> str:
+    """The command that made a run folder, told from its config.yaml's sections."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        saved = {}
+    if "layers" in saved:
+        return "train"
+    if "base" in saved:
+        return "finetune"
+    return "pretrain"
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -445,3 +471,29 @@ def _load_lora_run(model: nn.Module, folder: Path, base: BaseModel, meta: dict[s
     model.load_state_dict(head, strict=False)
     for p in model.parameters():
         p.requires_grad_(False)
+
+
+def save_model_dir(
+    path: Path, model, tokenizer, tensors: dict[str, torch.Tensor] | None = None
+) -> Path:
+    """A self-contained model folder: weights, GPT config and tokenizer (what `generate` loads).
+
+    `tensors`: the full weights when gathered already (an FSDP2 model, on rank 0)."""
+    from safetensors.torch import save_file
+
+    from groundup.train.checkpoint import model_tensors, unwrap
+
+    path.mkdir(parents=True, exist_ok=True)
+    if tensors is None:
+        tensors = model_tensors(unwrap(model))
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "groundup.gpt"})
+    config = {"model_type": "groundup-gpt", **unwrap(model).config.to_dict()}
+    (path / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    tokenizer.save(path / "tokenizer.json")
+    return path
+
+
+def load_model_dir(path: str | Path, device: str = "cpu"):
+    """(GPT, tokenizer) saved by `save_model_dir` (a run directory's `model/` or the run)."""
+    loaded = load_model(path)
+    return loaded.model.to(device), loaded.tokenizer
