@@ -6,7 +6,7 @@ model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=
 model.fit(x, y, epochs=5)
 """
 
-from groundup import data, errors
+from groundup import checkpoint, data, errors
 from groundup.generate import generate
 from groundup.models import activations, layers, regularizers
 from groundup.models.gpt import GPT, GPTConfig
@@ -29,6 +29,7 @@ __all__ = [
     "Trainer",
     "activations",
     "callbacks",
+    "checkpoint",
     "data",
     "errors",
     "layers",

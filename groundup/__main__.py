@@ -3,7 +3,7 @@
 import sys
 
 from groundup.cli import main
-from groundup.train.distributed import record
+from groundup.distributed import record
 
 # record: under torchrun, a rank's uncaught exception reaches torchrun's summary with its rank
 sys.exit(record(main)())

@@ -17,7 +17,7 @@ from groundup.errors import GroundupError, TrainingInterrupted
 
 
 def _train(args: argparse.Namespace) -> None:
-    from groundup.jobs.train import run_train
+    from groundup.jobs.train_tabular import run_train
 
     _resolve_resume(args)
     run_train(args.config, args.overrides, overwrite=args.overwrite, resume=args.resume)
@@ -58,7 +58,7 @@ def _job_on_ranks(args: argparse.Namespace, run: Callable) -> int | None:
     on N processes of this machine (and return torchrun's exit code)."""
     _resolve_resume(args)
     if args.nproc is not None:
-        from groundup.train.distributed import launch_torchrun
+        from groundup.distributed import launch_torchrun
 
         return launch_torchrun(args.argv, args.nproc)
     run(args.config, args.overrides, overwrite=args.overwrite, resume=args.resume)
@@ -132,16 +132,9 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from groundup.errors import ConfigError
-    from groundup.generate import SampleConfig, sample_text
-    from groundup.models.folders import load_model
-    from groundup.train.trainer import resolve_device
+    from groundup.generate import SampleConfig
+    from groundup.jobs.generate import run_generate
 
-    loaded = load_model(args.run, allow_pickle=args.allow_pickle)
-    if loaded.task == "classification":
-        raise ConfigError(f"{args.run} holds a classifier; generate needs a language model")
-    model = loaded.model.to(resolve_device(args.device))
-    tokenizer = loaded.tokenizer
     sample = SampleConfig(
         prompt=args.prompt,
         max_new_tokens=args.max_new_tokens,
@@ -150,12 +143,7 @@ def _generate(args: argparse.Namespace) -> None:
         top_p=args.top_p,
         seed=args.seed,
     )
-    if loaded.task == "sft":  # answer the prompt as a chat turn, the way it was trained
-        from groundup.generate import sample_reply
-
-        sample_reply(model, tokenizer, sample, loaded.meta.get("template", "auto"), stream=True)
-    else:
-        sample_text(model, tokenizer, sample, stream=True)
+    run_generate(args.run, sample, device=args.device, allow_pickle=args.allow_pickle)
 
 
 def _config(args: argparse.Namespace) -> None:

@@ -351,3 +351,19 @@ def check(condition: bool, message: str) -> None:
     """Range checks in `__post_init__`: raise a ConfigError with `message` when false."""
     if not condition:
         raise ConfigError(message)
+
+
+def config_diff(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two nested config dicts differ (`train.max_steps`)."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out: list[str] = []
+        for key in sorted(set(saved) | set(current), key=str):
+            name = f"{prefix}{key}"
+            if key not in saved or key not in current:
+                out.append(name)
+            else:
+                out.extend(config_diff(saved[key], current[key], name + "."))
+        return out
+    if isinstance(saved, (list, tuple)) and isinstance(current, (list, tuple)):
+        saved, current = list(saved), list(current)
+    return [] if saved == current else [prefix.rstrip(".") or "<config>"]

@@ -37,7 +37,7 @@ from groundup.registry import lookup
 
 # command -> (module, config dataclass); imported only when asked for (the jobs import torch)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("groundup.jobs.train", "TrainJobConfig"),
+    "train": ("groundup.jobs.train_tabular", "TrainJobConfig"),
     "pretrain": ("groundup.jobs.pretrain", "PretrainConfig"),
     "finetune": ("groundup.jobs.finetune", "FinetuneConfig"),
 }

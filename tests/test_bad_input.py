@@ -253,7 +253,7 @@ def test_bad_input_is_one_line_exit_2(files, tmp_path, capsys, argv, fragment, a
 
 
 def test_bad_rows_skip_counts_what_fail_refuses(files, tmp_path, capsys) -> None:
-    from groundup.data.prepare import TabularDataConfig, prepare_tabular
+    from groundup.data.tabular_pipeline import TabularDataConfig, prepare_tabular
 
     path = str(files / "bad_rows.csv")
     with pytest.raises(GroundupError, match="line 12 has 2 fields"):

@@ -110,14 +110,14 @@ def test_model_checkpoint_best_and_last(tmp_path) -> None:
         gu.TensorBatches(x, y, batch_size=16), gu.TensorBatches(x, y, batch_size=64), epochs=3
     )
     assert (tmp_path / "ck" / "best" / "model.safetensors").is_file()
-    latest = gu.train.checkpoint.find_latest(tmp_path / "ck")
+    latest = gu.checkpoint.find_latest(tmp_path / "ck")
     assert latest == tmp_path / "ck" / "step-00000012"
     assert (latest / "state.json").is_file()
     assert (tmp_path / "ck" / "latest").read_text().strip() == "step-00000012"
     assert saved == ["best", "step-00000004", "best", "step-00000008", "step-00000012"]
     # best holds the weights after epoch 2 (step 8): load them into a fresh model
     fresh = nn.Linear(3, 1)
-    state = gu.train.checkpoint.load_checkpoint(tmp_path / "ck" / "best", fresh)
+    state = gu.checkpoint.load_checkpoint(tmp_path / "ck" / "best", fresh)
     assert state["step"] == 8
 
 

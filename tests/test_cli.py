@@ -131,7 +131,7 @@ def test_help(argv, capsys) -> None:
 
 @pytest.mark.parametrize("command", ["pretrain", "finetune"])
 def test_nproc_re_runs_the_given_command_under_torchrun(monkeypatch, command) -> None:
-    from groundup.train import distributed
+    from groundup import distributed
 
     seen = []
     monkeypatch.setattr(distributed, "launch_torchrun", lambda argv, n: seen.append((argv, n)) or 7)

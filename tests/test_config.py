@@ -17,7 +17,7 @@ from groundup.config import (
     to_dict,
 )
 from groundup.errors import ConfigError, MissingFileError
-from groundup.jobs.train import TrainJobConfig
+from groundup.jobs.train_tabular import TrainJobConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

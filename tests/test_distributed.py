@@ -25,10 +25,10 @@ import pytest
 import torch
 import yaml
 
+from groundup import distributed as du
 from groundup.cli import main
 from groundup.errors import ConfigError
 from groundup.jobs.pretrain import PretrainConfig, split_global_batch
-from groundup.train import distributed as du
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -43,7 +43,7 @@ LAUNCHER = (
     "h.measured_peak_flops = lambda *a, **k: 1e12\n"
     "if os.environ.get('GROUNDUP_TEST_LOCAL_COUNT'):\n"
     "    import torch\n"
-    "    import groundup.train.data_parallel as dp\n"
+    "    import groundup.distributed.data_parallel as dp\n"
     "    dp.global_item_count = lambda counts, device: torch.as_tensor(sum(counts)).to(device)\n"
     "from groundup.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"

@@ -21,10 +21,10 @@ import pytest
 import torch
 import yaml
 
+from groundup import distributed as du
 from groundup.config import from_dict
 from groundup.errors import ConfigError, DataError
 from groundup.jobs.finetune import FinetuneConfig, _strategy, run_finetune, split_batch
-from groundup.train import distributed as du
 from groundup.train.batches import TensorBatches
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from groundup.checkpoint import find_latest
 from groundup.cli import main
-from groundup.train.checkpoint import find_latest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -56,7 +56,7 @@ SLOW_LAUNCHER = (
     "        time.sleep(pause)\n"
     "        return step(self, micro)\n"
     "    Trainer.train_step = slow\n"
-    "import groundup.train.distributed as du\n"
+    "import groundup.distributed as du\n"
     "command = du.torchrun_command\n"
     "def via_this_script(argv, nproc):\n"
     "    cmd = command(argv, nproc)\n"

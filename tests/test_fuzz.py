@@ -27,11 +27,11 @@ from hypothesis import strategies as st
 
 from groundup.config import apply_overrides, from_dict, load_yaml
 from groundup.data.corpus import Corpus
-from groundup.data.prepare import TabularDataConfig, prepare_tabular
 from groundup.data.tabular import load_table
+from groundup.data.tabular_pipeline import TabularDataConfig, prepare_tabular
 from groundup.errors import ConfigError, DataError, GroundupError
 from groundup.jobs.pretrain import PretrainConfig, build_gpt_config
-from groundup.jobs.train import TrainJobConfig
+from groundup.jobs.train_tabular import TrainJobConfig
 
 # GROUNDUP_FUZZ_EXAMPLES=5000 explores further with fresh random examples (minutes, not CI)
 _EXPLORE = int(os.environ.get("GROUNDUP_FUZZ_EXAMPLES", "0"))

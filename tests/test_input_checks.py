@@ -254,7 +254,7 @@ def test_groundup_train_refuses_accuracy_on_a_regression_target(regression_confi
 
 
 def test_groundup_train_refusal_leaves_no_run_folder(regression_config):
-    from groundup.jobs.train import run_train
+    from groundup.jobs.train_tabular import run_train
 
     path, run_dir = regression_config
     with pytest.raises(ConfigError, match="metric 'accuracy'"):

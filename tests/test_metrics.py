@@ -446,7 +446,7 @@ def test_a_metric_without_state_cannot_be_merged():
 def test_sync_metrics_one_gather_for_all_metrics(gen, monkeypatch):
     """data_parallel.sync_metrics under a simulated second rank: every metric equals its
     one-pass value after one gather; the stateless one is handed back, untouched."""
-    from groundup.train import data_parallel
+    from groundup.distributed import data_parallel
 
     cases = _cases(gen)
     halves = [_split(metric, o, t, 9) for _, metric, o, t in cases]

@@ -17,8 +17,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from groundup.checkpoint import find_latest
 from groundup.cli import main
-from groundup.train.checkpoint import find_latest
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

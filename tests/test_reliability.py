@@ -23,8 +23,8 @@ import yaml
 from torch import nn
 
 import groundup as gu
+from groundup.checkpoint import find_latest, save_step_checkpoint
 from groundup.errors import CheckpointError, TrainingError, TrainingInterrupted
-from groundup.train.checkpoint import find_latest, save_step_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -395,7 +395,7 @@ def test_resume_with_another_config_names_the_fields(tmp_path) -> None:
 
 def test_resume_auto_continues_from_the_newest_complete_checkpoint(tmp_path) -> None:
     from groundup.config import load_config
-    from groundup.jobs.train import TrainJobConfig, run_train
+    from groundup.jobs.train_tabular import TrainJobConfig, run_train
 
     path = train_config(tmp_path, "auto")
     overrides = ["resume=auto", "train.max_steps=6", "train.checkpoint_every=3"]
@@ -418,9 +418,9 @@ def test_resume_auto_continues_from_the_newest_complete_checkpoint(tmp_path) -> 
 
 def test_starting_a_run_over_moves_its_old_checkpoints_aside(tmp_path) -> None:
     """A re-run of the same config must not resume later from the old run's newer checkpoints."""
-    from groundup.jobs.train import TrainJobConfig
+    from groundup.checkpoint import find_latest
+    from groundup.jobs.train_tabular import TrainJobConfig
     from groundup.runs import Run, plan_run
-    from groundup.train.checkpoint import find_latest
 
     def prepare_run_dir(path, cfg):
         return Run.begin(plan_run(path, cfg)).path

@@ -2,7 +2,7 @@
 --overwrite never loses the old run to a bad config, and a SIGKILL at any point of a
 checkpoint save resumes into the uninterrupted run's weights and every log record, leaving
 no debris. Kills go through a subprocess (a real SIGKILL, placed exactly by the
-GROUNDUP_TEST_KILL hook of groundup.train.checkpoint_dirs)."""
+GROUNDUP_TEST_KILL hook of groundup.checkpoint.folders)."""
 
 from __future__ import annotations
 
@@ -278,8 +278,8 @@ def test_a_moved_run_resumes_and_may_run_longer(finished, tmp_path, capsys):
 
 
 def test_a_corrupted_newest_state_falls_back_to_the_one_before(tmp_path, capsys):
+    from groundup.checkpoint import find_latest
     from groundup.runs import plan_run
-    from groundup.train.checkpoint import find_latest
 
     config = pretrain_config(tmp_path, "run", keep_last=None)
     assert main(["pretrain", str(config)]) == 0
@@ -354,3 +354,12 @@ def test_callback_state_round_trips_through_the_trainer(tmp_path):
         es.wait,
         es.best_step,
     )
+
+
+def test_one_load_model_for_every_kind_of_folder(finished):
+    import groundup as gu
+
+    mlp = gu.load_model(finished["folder"] / "mlp")  # a groundup train run: its Sequential
+    assert isinstance(mlp, gu.Sequential)
+    gpt = gu.load_model(finished["folder"] / "gpt")  # a pretrain run: model + tokenizer
+    assert isinstance(gpt.model, gu.GPT) and gpt.tokenizer is not None and gpt.task == "causal_lm"

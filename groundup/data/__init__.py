@@ -3,7 +3,6 @@
 from groundup.data.builtin import BUILTIN_DATASETS, DatasetInfo, load_dataset
 from groundup.data.corpus import BUILTIN_CORPORA, Corpus, iter_documents
 from groundup.data.idx import load_idx, load_mnist
-from groundup.data.prepare import Preprocessor, TabularData, TabularDataConfig, prepare_tabular
 from groundup.data.preprocess import Imputer, Normalizer, check_arrays, split_indices
 from groundup.data.shards import ShardIndex, TokenArray, load_shards, prepare_shards, token_dtype
 from groundup.data.tabular import (
@@ -14,6 +13,12 @@ from groundup.data.tabular import (
     clean_table,
     infer_task,
     load_table,
+)
+from groundup.data.tabular_pipeline import (
+    Preprocessor,
+    TabularData,
+    TabularDataConfig,
+    prepare_tabular,
 )
 from groundup.data.tokenizers import Tokenizer, train_tokenizer
 from groundup.data.windows import RandomWindows, SequentialWindows

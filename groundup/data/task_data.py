@@ -1,6 +1,10 @@
-"""The data of `groundup finetune`: text windows (causal_lm), SFT rows with response-only
-labels (sft), and encoded labelled texts (classification), each split into train/val(/test)
-and, under torchrun, into this rank's part of every global batch.
+"""The data of a task, for fine-tuning and evaluation: text windows (causal_lm), SFT rows
+with response-only labels (sft), and encoded labelled texts (classification).
+
+`load_data` gives `groundup finetune` its splits, train/val(/test), the training one cut, under
+torchrun, into this rank's part of every global batch. The builders (`labelled_batches`,
+`sft_batches`, `text_windows`, `pad_id_of`) hold the encoding rules, and `groundup evaluate`
+calls them too, so a model is scored on exactly the rows it was trained and validated on.
 """
 
 from __future__ import annotations
@@ -14,7 +18,13 @@ import torch
 from groundup.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from groundup.data.windows import SequentialWindows
+    from groundup.finetune.classification import LabelVocab
+    from groundup.finetune.sft import Conversation, SFTTensors
     from groundup.jobs.finetune import FinetuneConfig
+    from groundup.train.batches import TensorBatches
 
 
 @dataclass
@@ -23,7 +33,7 @@ class Data:
 
     train: Any
     val: Any
-    test: Any = None  # classification: (ids, labels) tensors
+    test: Any = None  # classification: batches of the test split, in order
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -73,10 +83,10 @@ def load_data(cfg: FinetuneConfig, base: Any, run_dir: Path, verbose: int, part:
 def _text_data(cfg: FinetuneConfig, base: Any, run_dir: Path, verbose: int, part: Part) -> Data:
     """Continued pretraining: the text is encoded once into token shards, like pretraining
     (by rank 0; the other ranks then open what it wrote)."""
+    from groundup import distributed as du
     from groundup.data.corpus import Corpus
     from groundup.data.shards import load_shards, prepare_shards
     from groundup.data.windows import RandomWindows, SequentialWindows
-    from groundup.train import distributed as du
 
     if cfg.train.max_steps is None:
         raise ConfigError(
@@ -141,8 +151,7 @@ def _builtin_sft(name: str) -> tuple[list, list]:
 
 
 def _sft_data(cfg: FinetuneConfig, base: Any, verbose: int, part: Part) -> Data:
-    from groundup.finetune.sft import encode_sft, read_sft_jsonl
-    from groundup.train.batches import TensorBatches
+    from groundup.finetune.sft import read_sft_jsonl
 
     d = cfg.data
     fields = dict(
@@ -161,20 +170,21 @@ def _sft_data(cfg: FinetuneConfig, base: Any, verbose: int, part: Part) -> Data:
         val_ex = read_sft_jsonl(d.val, **fields)
     block = _max_len(cfg, base.config.block_size)
     tok = base.tokenizer
-    pad_id = tok.pad_id if tok.pad_id is not None else tok.eot_id
-
-    def encode(exs: list, packing: bool) -> Any:
-        return encode_sft(
-            exs, tok, template=d.template, block_size=block, packing=packing, pad_id=pad_id
-        )
-
-    train_t = encode(train_ex, d.packing)
-    b = cfg.train.batch_size
-    train = _train_batches(train_t.input_ids, train_t.labels, seed=cfg.seed, part=part)
+    pad_id = pad_id_of(tok, required=False)  # none: encode_sft pads with 0 (masked anyway)
+    train, train_t = sft_batches(
+        train_ex,
+        tok,
+        d.template,
+        block,
+        pad_id,
+        part.batch_size,
+        packing=d.packing,
+        part=part,
+        seed=cfg.seed,
+    )
     val = None
-    if val_ex:
-        val_t = encode(val_ex, False)
-        val = TensorBatches(val_t.input_ids, val_t.labels, batch_size=b, shuffle=False)
+    if val_ex:  # validation: as in one process and as `groundup evaluate` reads it
+        val, _ = sft_batches(val_ex, tok, d.template, block, pad_id, cfg.train.batch_size)
     info = {
         "train_examples": train_t.n_examples,
         "train_rows": train_t.n_rows,
@@ -197,8 +207,7 @@ def _sft_data(cfg: FinetuneConfig, base: Any, verbose: int, part: Part) -> Data:
 
 
 def _classification_data(cfg: FinetuneConfig, base: Any, verbose: int, part: Part) -> Data:
-    from groundup.finetune.classification import LabelVocab, encode_texts, read_labelled_text
-    from groundup.train.batches import TensorBatches
+    from groundup.finetune.classification import LabelVocab, read_labelled_text
 
     d = cfg.data
     splits: dict[str, tuple[list[str], list[str]] | None] = {
@@ -233,45 +242,134 @@ def _classification_data(cfg: FinetuneConfig, base: Any, verbose: int, part: Par
             "needs at least two"
         )
     tok = base.tokenizer
-    style = "bert" if base.family == "bert" else "gpt"
-    pad_id = tok.pad_id if tok.pad_id is not None else tok.eot_id
-    if pad_id is None:
-        raise ConfigError(
-            "the tokenizer has no padding or end-of-text token; add one (e.g. <|pad|>) so "
-            "examples of different lengths can be batched"
-        )
+    pad_id = pad_id_of(tok)
     max_len = _max_len(cfg, base.config.block_size)
-    tensors, truncated = {}, {}
+    batches, sizes, truncated = {}, {}, {}
     for name, split in splits.items():
         if split is None:
             continue
-        ids, _, cut = encode_texts(split[0], tok, max_len, style=style, pad_id=pad_id)
-        truncated[name] = cut
-        y = vocab.encode(split[1], where=where[name])
-        tensors[name] = (ids, y)
-    b = cfg.train.batch_size
-    train = _train_batches(*tensors["train"], seed=cfg.seed, part=part)
-    val = TensorBatches(*tensors["val"], batch_size=b, shuffle=False) if "val" in tensors else None
-    test = (
-        TensorBatches(*tensors["test"], batch_size=b, shuffle=False) if "test" in tensors else None
-    )
+        train = name == "train"  # the others: in order, as in one process
+        batches[name], truncated[name] = labelled_batches(
+            *split,
+            vocab,
+            tok,
+            base.family,
+            max_len,
+            pad_id,
+            part.batch_size if train else cfg.train.batch_size,
+            where[name],
+            part=part if train else None,
+            seed=cfg.seed,
+        )
+        sizes[name] = len(split[1])
     info = {
         "labels": vocab.to_list(),
         "pad_id": pad_id,
         "max_len": max_len,
-        **{f"{name}_examples": len(t[1]) for name, t in tensors.items()},
+        **{f"{name}_examples": n for name, n in sizes.items()},
         "truncated": truncated,
     }
     if verbose:
-        sizes = ", ".join(f"{name} {len(t[1])}" for name, t in tensors.items())
-        print(f"classification data: {len(vocab)} labels; {sizes} examples", flush=True)
-    return Data(train, val, test, info)
+        shown = ", ".join(f"{name} {n}" for name, n in sizes.items())
+        print(f"classification data: {len(vocab)} labels; {shown} examples", flush=True)
+    return Data(batches["train"], batches.get("val"), batches.get("test"), info)
 
 
-def _train_batches(x: torch.Tensor, y: torch.Tensor, seed: int, part: Part) -> Any:
-    """Shuffled training batches; under several ranks, this rank's part of each global one."""
+# ---- the builders: one encoding of each task's data, for fine-tuning and evaluation -------
+def pad_id_of(tokenizer: Any, required: bool = True) -> int | None:
+    """The id that fills a row past its example's end: the tokenizer's padding token, else its
+    end-of-text token (padding is masked, so any real id does). `required`: a ConfigError
+    when it has neither (classification); else None, and the encoder picks one itself."""
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eot_id
+    if pad_id is None and required:
+        raise ConfigError(
+            "the tokenizer has no padding or end-of-text token; add one (e.g. <|pad|>) so "
+            "examples of different lengths can be batched"
+        )
+    return pad_id
+
+
+def labelled_batches(
+    texts: Sequence[str],
+    labels: Sequence[str],
+    vocab: LabelVocab,
+    tokenizer: Any,
+    family: str,
+    max_len: int,
+    pad_id: int | None,
+    batch_size: int,
+    where: str,
+    *,
+    part: Part | None = None,
+    seed: int = 0,
+) -> tuple[TensorBatches, int]:
+    """Labelled texts as classifier batches of (ids, class ids), and how many texts were cut
+    to max_len. A `family` "bert" model reads [CLS] text [SEP], the others text + eot (see
+    `encode_texts`); rows are right-padded with pad_id. A label outside `vocab` is a DataError
+    naming `where`. Batches of batch_size in order (validation, evaluation), or, given `part`,
+    training batches: shuffled with `seed`, and under several ranks this rank's part."""
+    from groundup.finetune.classification import encode_texts
+
+    y = vocab.encode(labels, where=where)  # (N,)
+    style = "bert" if family == "bert" else "gpt"
+    ids, _, truncated = encode_texts(texts, tokenizer, max_len, style=style, pad_id=pad_id)
+    return _batches(ids, y, batch_size, part, seed), truncated
+
+
+def sft_batches(
+    examples: Sequence[Conversation],
+    tokenizer: Any,
+    template: str,
+    max_len: int,
+    pad_id: int | None,
+    batch_size: int,
+    packing: bool = False,
+    *,
+    part: Part | None = None,
+    seed: int = 0,
+) -> tuple[TensorBatches, SFTTensors]:
+    """Conversations as (input ids, response-only labels) batches of rows of max_len, and the
+    encoded rows, whose figures (n_examples, n_rows, n_trainable_tokens, truncated, dropped)
+    go into results. Batching as in `labelled_batches`."""
+    from groundup.finetune.sft import encode_sft
+
+    t = encode_sft(
+        examples, tokenizer, template=template, block_size=max_len, packing=packing, pad_id=pad_id
+    )
+    return _batches(t.input_ids, t.labels, batch_size, part, seed), t
+
+
+def text_windows(
+    source: str | Path, tokenizer: Any, text_field: str, block: int, batch_size: int
+) -> tuple[SequentialWindows, int]:
+    """Every token of the text in `source` scored once, in consecutive windows of `block`
+    tokens (fewer when the text is shorter); with the number of tokens. Documents are joined
+    by the end-of-text token when the tokenizer has one, as pretraining shards join them."""
+    import numpy as np
+
+    from groundup.data.corpus import Corpus
+    from groundup.data.windows import SequentialWindows
+
+    eot = tokenizer.eot_id
+    pieces: list[np.ndarray] = []
+    for doc in Corpus(source, text_field=text_field):
+        pieces.append(tokenizer.encode_array(doc))
+        if eot is not None:
+            pieces.append(np.array([eot], dtype=pieces[-1].dtype))
+    tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    block = min(block, max(1, len(tokens) - 1))
+    return SequentialWindows(tokens, block, batch_size), int(len(tokens))
+
+
+def _batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, part: Part | None, seed: int
+) -> TensorBatches:
+    """In order without `part`; with it shuffled training batches, under several ranks this
+    rank's part of each global one."""
     from groundup.train.batches import TensorBatches
 
+    if part is None:
+        return TensorBatches(x, y, batch_size=batch_size, shuffle=False)
     return TensorBatches(
-        x, y, batch_size=part.batch_size, seed=seed, rank=part.rank, world_size=part.world_size
+        x, y, batch_size=batch_size, seed=seed, rank=part.rank, world_size=part.world_size
     )

@@ -29,9 +29,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from groundup.checkpoint import unwrap
 from groundup.errors import CheckpointError, ConfigError, MissingFileError
 from groundup.registry import did_you_mean
-from groundup.train.checkpoint import unwrap
 
 ADAPTER_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter_config.json"

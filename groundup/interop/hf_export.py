@@ -20,6 +20,8 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from groundup.checkpoint import unwrap
+from groundup.checkpoint.folders import swap_in
 from groundup.data.tokenizers import TOKENIZER_FILE, Tokenizer
 from groundup.errors import ConfigError
 from groundup.interop.bert_weights import bert_config_to_hf, bert_state_dict_to_hf
@@ -39,8 +41,6 @@ from groundup.models.bert import (
     BertForTokenClassification,
 )
 from groundup.models.gpt import GPT, GPTForSequenceClassification
-from groundup.train.checkpoint import unwrap
-from groundup.train.checkpoint_dirs import swap_in
 
 
 def export_hf(

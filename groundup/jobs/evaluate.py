@@ -102,15 +102,16 @@ def run_evaluate(
 def _classification(
     tm, trainer, data, batch_size, max_len, text_field, label_field, out_dir, stem
 ) -> dict[str, Any]:
-    from groundup.finetune.classification import LabelVocab, encode_texts, read_labelled_text
-    from groundup.train.batches import TensorBatches
+    from groundup.data.task_data import labelled_batches
+    from groundup.finetune.classification import LabelVocab, read_labelled_text
 
     texts, labels = read_labelled_text(data, text_field, label_field)
     vocab = LabelVocab.from_list(tm.labels)
-    y = vocab.encode(labels, where=str(data))
-    style = "bert" if tm.family == "bert" else "gpt"
-    ids, _, _ = encode_texts(texts, tm.tokenizer, max_len, style=style, pad_id=tm.pad_id)
-    batches = TensorBatches(ids, y, batch_size=batch_size, shuffle=False)
+    # the model's pad id, not the tokenizer's rule: a Hugging Face GPT classifier finds where
+    # each text ends by its own config's pad id
+    batches, _ = labelled_batches(
+        texts, labels, vocab, tm.tokenizer, tm.family, max_len, tm.pad_id, batch_size, str(data)
+    )
     out = trainer.evaluate(batches, prefix="")
     out.update(classification_results(trainer, batches, tm.labels, out_dir, prefix=f"{stem}_"))
     renamed = {k.removeprefix(f"{stem}_"): v for k, v in out.items()}
@@ -118,43 +119,23 @@ def _classification(
 
 
 def _sft(tm, trainer, data, batch_size, block, meta) -> dict[str, Any]:
-    from groundup.finetune.sft import encode_sft, read_sft_jsonl
-    from groundup.train.batches import TensorBatches
+    from groundup.data.task_data import sft_batches
+    from groundup.finetune.sft import read_sft_jsonl
 
     examples = read_sft_jsonl(  # the field names the run was trained with
         data,
         **{k: meta[k] for k in ("prompt_field", "response_field", "messages_field") if k in meta},
     )
-    t = encode_sft(
-        examples,
-        tm.tokenizer,
-        template=meta.get("template", "auto"),
-        block_size=block,
-        packing=False,
-        pad_id=tm.pad_id,
-    )
-    out = trainer.evaluate(
-        TensorBatches(t.input_ids, t.labels, batch_size=batch_size, shuffle=False), prefix=""
-    )
+    template = meta.get("template", "auto")
+    batches, t = sft_batches(examples, tm.tokenizer, template, block, tm.pad_id, batch_size)
+    out = trainer.evaluate(batches, prefix="")
     return {"examples": t.n_examples, "response_tokens": t.n_trainable_tokens, **out}
 
 
 def _text(tm, trainer, data, batch_size, block, text_field) -> dict[str, Any]:
     """Every token of the text scored once, in consecutive windows of the model's context."""
-    import numpy as np
+    from groundup.data.task_data import text_windows
 
-    from groundup.data.corpus import Corpus
-    from groundup.data.windows import SequentialWindows
-
-    tok = tm.tokenizer
-    eot = tok.eot_id
-    pieces: list[np.ndarray] = []
-    for doc in Corpus(data, text_field=text_field):
-        pieces.append(tok.encode_array(doc))
-        if eot is not None:
-            pieces.append(np.array([eot], dtype=pieces[-1].dtype))
-    tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
-    block = min(block, max(1, len(tokens) - 1))
-    windows = SequentialWindows(tokens, block, batch_size)
+    windows, n_tokens = text_windows(data, tm.tokenizer, text_field, block, batch_size)
     out = trainer.evaluate(windows, prefix="")
-    return {"tokens": int(len(tokens)), **out}
+    return {"tokens": n_tokens, **out}

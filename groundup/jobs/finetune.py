@@ -23,11 +23,11 @@ import torch
 
 from groundup.config import check, load_config
 from groundup.data.task_data import Part, load_data
+from groundup.distributed import DistributedConfig
 from groundup.errors import ConfigError
 from groundup.generate import SampleConfig, sample_reply, sample_text
 from groundup.models.folders import build_task_model, load_base, weights_fingerprint, with_dropout
 from groundup.runs import MODEL_DIR, Run, plan_run
-from groundup.train.distributed import DistributedConfig
 from groundup.train.loop_config import LoopConfig, Precision
 from groundup.train.optim_config import OptimConfig
 
@@ -175,7 +175,7 @@ def run_finetune(
     """`groundup finetune CONFIG`; returns the headline results (also in results.json).
 
     Under torchrun every rank runs this; errors name the rank ("rank 1: ...")."""
-    from groundup.train import distributed as du
+    from groundup import distributed as du
 
     cfg = config if config is not None else load_config(FinetuneConfig, config_path, overrides)
     return du.run_job(
@@ -188,7 +188,7 @@ def run_finetune(
 def split_batch(t: FinetuneLoopConfig, world_size: int = 1) -> tuple[int, int]:
     """(sequences per micro-batch on each rank, grad_accum) for the global batch of
     train.batch_size x grad_accum sequences (see `distributed.split_sequences`)."""
-    from groundup.train.distributed import split_sequences
+    from groundup.distributed import split_sequences
 
     return split_sequences(t.batch_size, t.grad_accum, world_size)
 
@@ -214,8 +214,8 @@ def _finetune(
     verbose: int,
     rank_device: torch.device | None,
 ) -> dict[str, Any]:
+    from groundup import distributed as du
     from groundup.seed import set_seed
-    from groundup.train import distributed as du
     from groundup.train.losses import SparseCategoricalCrossentropy
     from groundup.train.trainer import Trainer
 
@@ -293,7 +293,7 @@ def _evaluate_at_end(
     """Steps, data figures, the validation metrics and, for classifiers, the test report.
     Every rank takes part (FSDP2 needs all ranks in each forward); rank 0 alone writes the
     report and confusion matrix."""
-    from groundup.train import distributed as du
+    from groundup import distributed as du
 
     results: dict[str, Any] = {
         "steps": trainer.step,
@@ -392,9 +392,9 @@ def _save_model(
 
     FSDP2 (full fine-tuning only): the sharded weights are gathered onto rank 0 (every rank
     must take part) and loaded into a fresh, plain copy of the task model, which is saved."""
+    from groundup import distributed as du
+    from groundup.checkpoint import model_tensors
     from groundup.models.folders import _load_into, build_task_model, save_finetuned
-    from groundup.train import distributed as du
-    from groundup.train.checkpoint import model_tensors
 
     if strategy == "fsdp":
         tensors = model_tensors(model)  # a collective; only rank 0 gets the tensors

@@ -21,14 +21,14 @@ from typing import Any, Literal
 
 import torch
 
+from groundup.checkpoint import model_tensors
 from groundup.config import check, from_dict, load_config
 from groundup.data.windows import RandomWindows, SequentialWindows
+from groundup.distributed import DistributedConfig
 from groundup.errors import ConfigError, DataError, MissingFileError
 from groundup.generate import SampleConfig, sample_text
 from groundup.models.folders import load_model_dir, save_model_dir
 from groundup.runs import MODEL_DIR, Run, plan_run
-from groundup.train.checkpoint import model_tensors
-from groundup.train.distributed import DistributedConfig
 from groundup.train.loop_config import LoopConfig, Precision
 from groundup.train.optim_config import OptimConfig
 
@@ -231,7 +231,7 @@ def split_global_batch(
                 f"{per_micro * max(1, round(t.tokens_per_step / per_micro))}) or change batch_size"
             )
         return t.batch_size, t.tokens_per_step // per_micro
-    from groundup.train.distributed import split_sequences
+    from groundup.distributed import split_sequences
 
     return split_sequences(t.batch_size, t.grad_accum, world_size)
 
@@ -277,7 +277,7 @@ def run_pretrain(
     """`groundup pretrain CONFIG`: train a GPT from scratch; returns headline results.
 
     Under torchrun every rank runs this; errors name the rank ("rank 1: ...")."""
-    from groundup.train import distributed as du
+    from groundup import distributed as du
 
     cfg = config if config is not None else load_config(PretrainConfig, config_path, overrides)
     return du.run_job(
@@ -294,9 +294,9 @@ def _pretrain(
     verbose: int,
     rank_device: torch.device | None,
 ) -> dict[str, Any]:
+    from groundup import distributed as du
     from groundup.models.gpt import GPT
     from groundup.seed import set_seed
-    from groundup.train import distributed as du
     from groundup.train.hardware import measured_peak_flops
     from groundup.train.losses import SparseCategoricalCrossentropy
     from groundup.train.trainer import Trainer
@@ -361,7 +361,7 @@ def _pretrain(
 def _results(trainer: Any, model: Any, val: Any, run_dir: Path) -> dict[str, Any]:
     """The headline figures: steps, tokens, parameters, the loss over the whole validation
     split (every rank evaluates its share), and throughput from rank 0's log."""
-    from groundup.train import distributed as du
+    from groundup import distributed as du
 
     final = trainer.evaluate(val, prefix="val_")
     return {
@@ -435,9 +435,9 @@ def prepared_data(cfg: PretrainConfig, verbose: int) -> tuple[Any, Any]:
     """(tokenizer, token shards): rank 0 trains or loads the tokenizer and encodes (or reuses)
     the shards in the run folder; the other ranks read what it wrote (several nodes: run_dir
     on a shared file system)."""
+    from groundup import distributed as du
     from groundup.data.shards import load_shards
     from groundup.data.tokenizers import Tokenizer
-    from groundup.train import distributed as du
 
     built: dict[str, Any] = {}
 

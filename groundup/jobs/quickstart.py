@@ -22,7 +22,7 @@ from groundup.errors import ConfigError
 from groundup.jobs.export import run_export
 from groundup.jobs.finetune import FinetuneConfig, run_finetune
 from groundup.jobs.pretrain import PretrainConfig, build_gpt_config, run_pretrain
-from groundup.jobs.train import TrainJobConfig, run_train
+from groundup.jobs.train_tabular import TrainJobConfig, run_train
 
 # What the quickstart changes in each shipped config, in one place: shorter runs, so the whole
 # lifecycle takes about 4 minutes on 2 CPU cores. Dotted keys, applied like command-line
@@ -175,8 +175,8 @@ def run_quickstart(
 def _stage(run: Any, cfg: Any, resume: bool, verbose: int) -> dict[str, Any]:
     """One stage: run it afresh (replacing what an earlier quickstart left), or with `resume`
     keep a finished stage's results and continue an interrupted one from its checkpoint."""
+    from groundup.checkpoint import find_latest
     from groundup.runs import RESULTS_FILE, comparable, read_saved_config
-    from groundup.train.checkpoint import find_latest
 
     path = Path(cfg.run_dir)
     if resume:

@@ -300,7 +300,7 @@ def build_task_model(
 def _load_into(
     model: nn.Module, sd: dict[str, Tensor], where: Path, allow_missing: tuple[str, ...] = ()
 ) -> None:
-    from groundup.train.checkpoint import load_tensors
+    from groundup.checkpoint import load_tensors
 
     fix = "the folder's config.json and weights disagree"
     load_tensors(model, sd, f"the weights in {where}", allow_missing=allow_missing, fix=fix)
@@ -324,8 +324,8 @@ def save_finetuned(
     """
     from safetensors.torch import save_file
 
+    from groundup.checkpoint import save_weights, unwrap
     from groundup.finetune.lora import lora_state_dict, save_lora
-    from groundup.train.checkpoint import save_weights, unwrap
 
     model = unwrap(model)
     folder.mkdir(parents=True, exist_ok=True)
@@ -395,7 +395,7 @@ def load_model(path: str | Path, allow_pickle: bool = False) -> TaskModel:
     if meta.get("method") == "lora":
         _load_lora_run(model, folder, _lora_base(meta, folder, allow_pickle), meta)
     else:
-        from groundup.train.checkpoint import load_weights
+        from groundup.checkpoint import load_weights
 
         load_weights(model, folder / "model.safetensors")
     return TaskModel(model.eval(), tokenizer, family, task, labels, meta.get("pad_id"), meta)
@@ -481,7 +481,7 @@ def save_model_dir(
     `tensors`: the full weights when gathered already (an FSDP2 model, on rank 0)."""
     from safetensors.torch import save_file
 
-    from groundup.train.checkpoint import model_tensors, unwrap
+    from groundup.checkpoint import model_tensors, unwrap
 
     path.mkdir(parents=True, exist_ok=True)
     if tensors is None:

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from groundup.checkpoint import load_weights, save_weights
 from groundup.data.preprocess import check_arrays
 from groundup.errors import ConfigError, DataError, MissingFileError, ShapeError
 from groundup.models.activations import get_activation
 from groundup.models.layers import Layer, layer_from_config
 from groundup.train.batches import TensorBatches
 from groundup.train.callbacks import Callback
-from groundup.train.checkpoint import load_weights, save_weights
 from groundup.train.history import History
 from groundup.train.losses import SparseCategoricalCrossentropy, get_loss
 from groundup.train.optim import OptimizerSpec, optimizer_spec
@@ -379,9 +379,25 @@ class Sequential(nn.Module):
         return model
 
 
-def load_model(path: str | Path) -> Sequential:
-    """Load a model saved with `Sequential.save`."""
-    return Sequential.load(path)
+def load_model(path: str | Path, allow_pickle: bool = False) -> Any:
+    """Load any groundup model folder (or the run folder holding it).
+
+    A `Sequential.save` folder or a `groundup train` run gives the `Sequential` (as Keras's
+    `load_model` does); a pretrain or finetune run, its `model/`, or a Hugging Face folder
+    gives a `TaskModel` (`.model`, `.tokenizer`, `.task`, `.labels`) in eval mode."""
+    from groundup.models.folders import load_model as load_task_model
+
+    path = Path(path)
+    for folder in (path, path / "model"):
+        if (folder / ARCHITECTURE_FILE).is_file():
+            return Sequential.load(folder)
+    if (
+        (path / "config.json").is_file()
+        or (path / "config.yaml").is_file()
+        or (path / "model" / "config.json").is_file()
+    ):
+        return load_task_model(path, allow_pickle=allow_pickle)
+    return Sequential.load(path)  # nothing there: its error names what a folder needs
 
 
 def _class_weights(class_weight: Mapping[int, float], y: torch.Tensor) -> torch.Tensor:

@@ -219,7 +219,7 @@ class EarlyStopping(Callback):
     def _restore_from_best_checkpoint(self, trainer: Trainer) -> None:
         """The best weights of a resumed run live in `checkpoints/best/` when it was saved at
         the same step (ModelCheckpoint monitoring the same quantity); otherwise say so."""
-        from groundup.train.checkpoint import load_weights, read_state
+        from groundup.checkpoint import load_weights, read_state
 
         best = trainer.run_dir / "checkpoints" / "best" if trainer.run_dir else None
         if best is not None and (best / "model.safetensors").is_file():

@@ -21,7 +21,7 @@ Reliability:
 Several ranks (torchrun, `strategy` "ddp" or "fsdp"): the step's item count and loss are
 all-reduced so training matches one process, the ranks agree on stops, and the training
 metrics are combined over the ranks at epoch end; the details are in
-groundup.train.data_parallel. With one process none of it runs: no collective, no extra work.
+groundup.distributed.data_parallel. With one process none of it runs: no collective, no extra work.
 """
 
 from __future__ import annotations
@@ -38,12 +38,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from groundup import distributed as dist_utils
+from groundup.checkpoint import (
+    find_latest,
+    load_checkpoint,
+    save_checkpoint,
+    save_step_checkpoint,
+    unwrap,
+)
+from groundup.distributed import data_parallel
 from groundup.errors import ConfigError, TrainingError, TrainingInterrupted
-from groundup.train import data_parallel
-from groundup.train import distributed as dist_utils
 from groundup.train.batches import Batch
 from groundup.train.callbacks import Callback, CallbackList, ProgressBar
-from groundup.train.checkpoint import find_latest, load_checkpoint, unwrap
 from groundup.train.device import (
     PRECISIONS,
     bf16_supported,
@@ -801,7 +807,7 @@ class Trainer:
     def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write a checkpoint directory at `path` (replacing one there). Several ranks: every
         rank must call it (FSDP2 ranks each write their shards; DDP's rank 0 writes)."""
-        path = data_parallel.save_checkpoint_by_strategy(
+        path = save_checkpoint(
             path, self.model, self.optimizer, self._state_payload(extra), **self._placement
         )
         for cb in self.user_callbacks:
@@ -819,7 +825,7 @@ class Trainer:
             directory = self.run_dir / "checkpoints"
         keep = keep_last if keep_last is not None else self.keep_last
         payload = self._state_payload(None)
-        path = data_parallel.save_step_checkpoint_by_strategy(
+        path = save_step_checkpoint(
             directory, self.step, self.model, self.optimizer, payload, keep, **self._placement
         )
         for cb in self.user_callbacks:

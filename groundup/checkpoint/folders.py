@@ -1,7 +1,7 @@
 """Checkpoint directories on disk: the files one holds, and the run's `checkpoints/` history.
 
-Both checkpoint forms (single-file safetensors in groundup.train.checkpoint, sharded DCP in
-groundup.train.sharded_checkpoint) build on this: the file names, state.json, the fsync
+Both checkpoint forms (single-file safetensors in groundup.checkpoint, sharded DCP in
+groundup.checkpoint.sharded) build on this: the file names, state.json, the fsync
 helpers that make the temp-dir-then-rename writes crash safe, and the history:
   step-00000500/  one complete checkpoint per save (the newest `keep_last` are kept)
   best/           the best one by the monitored metric

@@ -7,7 +7,7 @@ reshards on load, so such a checkpoint resumes on any number of ranks, and also 
 process (it is read into an ordinary state dict). `is_sharded_checkpoint(path)` recognises one.
 
 DDP and single-process runs write the single-file safetensors form instead (the state is
-replicated: rank 0 writes); see groundup.train.checkpoint, which also loads either form.
+replicated: rank 0 writes); see groundup.checkpoint, which also loads either form.
 
 Test hook: `GROUNDUP_TEST_SLOW_SAVE=<seconds>` makes the save sleep after the shards are
 written into the temporary directory, so a test can kill a run mid-save.
@@ -27,8 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from groundup.errors import CheckpointError
-from groundup.train.checkpoint_dirs import (
+from groundup.checkpoint.folders import (
     DCP_DIR,
     RNG_FILE,
     fsync_dir,
@@ -40,7 +39,8 @@ from groundup.train.checkpoint_dirs import (
     write_latest,
     write_state,
 )
-from groundup.train.rng_state import restore_rng, rng_tensors
+from groundup.checkpoint.rng import restore_rng, rng_tensors
+from groundup.errors import CheckpointError
 
 
 def gathered_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

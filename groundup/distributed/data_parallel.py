@@ -1,4 +1,4 @@
-"""The Trainer's work across ranks (torchrun; see groundup.train.distributed), strategy "ddp"
+"""The Trainer's work across ranks (torchrun; see groundup.distributed), strategy "ddp"
 or "fsdp":
 
 - The step's item count is all-reduced first, so every token weighs 1 / (global count) as in one
@@ -20,21 +20,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from groundup import distributed as dist_utils
 from groundup.errors import ConfigError
-from groundup.train import distributed as dist_utils
 from groundup.train.batches import Batch
-from groundup.train.checkpoint import save_checkpoint, save_step_checkpoint, unwrap
-from groundup.train.checkpoint_dirs import step_dir_name
 from groundup.train.device import resolve_precision
 from groundup.train.metrics import Metric
-from groundup.train.sharded_checkpoint import save_sharded_checkpoint, save_sharded_step_checkpoint
 
 
 # ---------------------------------------------------------------- the model
@@ -157,54 +153,3 @@ def round_robin(
     if chunk:
         mine = rank < len(chunk)
         yield (chunk[rank] if mine else chunk[0]), mine
-
-
-# ---------------------------------------------------------------- checkpoints
-def save_checkpoint_by_strategy(
-    path: str | Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None,
-    payload: dict[str, Any],
-    *,
-    strategy: str,
-    rank: int,
-    world_size: int,
-) -> Path:
-    """FSDP2: every rank writes its shards. DDP: rank 0 writes the replicated state while the
-    others wait. One process: a plain save. Every rank must call it."""
-    if strategy == "fsdp":
-        return save_sharded_checkpoint(path, model, optimizer, payload)
-    if world_size > 1:
-        if rank == 0:
-            save_checkpoint(path, unwrap(model), optimizer, payload)
-        dist_utils.barrier()
-        return Path(path)
-    return save_checkpoint(path, unwrap(model), optimizer, payload)
-
-
-def save_step_checkpoint_by_strategy(
-    directory: str | Path,
-    step: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None,
-    payload: dict[str, Any],
-    keep_last: int | None,
-    *,
-    strategy: str,
-    rank: int,
-    world_size: int,
-) -> Path:
-    """`save_checkpoint_by_strategy` for `<directory>/step-N`, with the `latest` pointer and
-    pruning (by rank 0)."""
-    if strategy == "fsdp":
-        return save_sharded_step_checkpoint(
-            directory, step, model, optimizer, payload, keep_last=keep_last
-        )
-    if world_size > 1:  # DDP: the state is the same on every rank
-        if rank == 0:
-            save_step_checkpoint(directory, step, unwrap(model), optimizer, payload, keep_last)
-        dist_utils.barrier()
-        return Path(directory) / step_dir_name(step)
-    return save_step_checkpoint(
-        directory, step, unwrap(model), optimizer, payload, keep_last=keep_last
-    )

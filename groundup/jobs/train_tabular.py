@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from groundup.config import check, load_config
-from groundup.data.prepare import TabularDataConfig, prepare_tabular
+from groundup.data.tabular_pipeline import TabularDataConfig, prepare_tabular
 from groundup.errors import ConfigError
 from groundup.runs import MODEL_DIR, Run, plan_run
 from groundup.train.callbacks import Callback, CSVLogger, EarlyStopping
