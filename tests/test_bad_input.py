@@ -223,14 +223,13 @@ CLI_CASES = {
         [*P, "tokenizer.path={root}/folder"],
         "folder/tokenizer.json not found",
     ),
-    # ---- model shape (checked after the tokenizer and shards are built: progress comes first)
+    # ---- model shape (checked before the tokenizer is trained: no progress lines)
     "n_head does not divide": (
         [*P, "model.n_head=5"],
         "n_embd 32 is not divisible by n_head 5",
-        True,
     ),
-    "unknown flavour": ([*P, "model.flavour=gpt3"], "(did you mean 'gpt2'?)", True),
-    "dropout 1.5": ([*P, "model.dropout=1.5"], "dropout must be in [0, 1), got 1.5", True),
+    "unknown flavour": ([*P, "model.flavour=gpt3"], "(did you mean 'gpt2'?)"),
+    "dropout 1.5": ([*P, "model.dropout=1.5"], "dropout must be in [0, 1), got 1.5"),
 }
 CLI_CASES.update(
     {
@@ -238,7 +237,7 @@ CLI_CASES.update(
             ["train", "{root}/train.yaml", "run_dir={root}/good.csv"],
             "is a file, not a folder",
         ),
-        "shards_dir is a file": ([*P, "data.shards_dir={root}/good.csv"], "is a file", True),
+        "shards_dir is a file": ([*P, "data.shards_dir={root}/good.csv"], "is a file"),
     }
 )
 PARAMS = [
@@ -248,8 +247,11 @@ PARAMS = [
 
 @pytest.mark.parametrize(("argv", "fragment", "after_progress"), PARAMS)
 def test_bad_input_is_one_line_exit_2(files, tmp_path, capsys, argv, fragment, after_progress):
+    before = sorted(p.name for p in tmp_path.iterdir())
     err = one_line_error(capsys, _argv(argv, files, tmp_path / "run"), after_progress)
     assert fragment in err, err
+    # refused before any work: no run folder made, nothing else written beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_bad_rows_skip_counts_what_fail_refuses(files, tmp_path, capsys) -> None:

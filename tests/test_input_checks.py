@@ -260,3 +260,23 @@ def test_groundup_train_refusal_leaves_no_run_folder(regression_config):
     with pytest.raises(ConfigError, match="metric 'accuracy'"):
         run_train(path, verbose=0)
     assert not run_dir.exists()
+
+
+def test_binary_accuracy_of_a_logit_model_thresholds_the_probability() -> None:
+    """A plain module trained with "bce" by name returns logits; accuracy must read them as
+    sigmoid(logit) >= 0.5, i.e. logit >= 0 (not logit >= 0.5)."""
+    import torch
+    from torch import nn
+
+    import groundup as gu
+
+    model = nn.Linear(1, 1)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        model.bias.fill_(0.0)
+    x = torch.tensor([[0.25], [-0.25], [0.75], [-0.75]])  # logits 0.25: positive, under 0.5
+    y = torch.tensor([[1.0], [0.0], [1.0], [0.0]])
+    trainer = gu.Trainer(model, loss="bce", metrics=["accuracy"], device="cpu", verbose=0)
+    logs = trainer.evaluate(gu.TensorBatches(x, y, batch_size=4, shuffle=False))
+    assert logs["accuracy"] == 1.0
+    assert torch.equal(trainer.predict(x), model(x).detach())  # predict: the model's outputs

@@ -393,6 +393,9 @@ def check_pretrain(
     from groundup.train.device import resolve_device, resolve_precision
     from groundup.train.schedules import build_schedule
 
+    shards = shards_dir(cfg)
+    if shards.exists() and not shards.is_dir():
+        raise ConfigError(f"data.shards_dir {shards} is a file; give a folder for the token shards")
     vocab = _tokenizer_vocab_bound(cfg)
     gpt_cfg = build_gpt_config(cfg.model, vocab or 256)
     if vocab is not None and "vocab_size" in cfg.model and gpt_cfg.vocab_size < vocab:

@@ -27,7 +27,6 @@ groundup.distributed.data_parallel. With one process none of it runs: no collect
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import signal
 import time
@@ -42,8 +41,6 @@ from groundup import distributed as dist_utils
 from groundup.checkpoint import (
     find_latest,
     load_checkpoint,
-    save_checkpoint,
-    save_step_checkpoint,
     unwrap,
 )
 from groundup.distributed import data_parallel
@@ -60,7 +57,7 @@ from groundup.train.device import (
 from groundup.train.fit_plan import plan_fit
 from groundup.train.history import History
 from groundup.train.loop_config import LoopConfig
-from groundup.train.losses import Loss, get_loss
+from groundup.train.losses import BinaryCrossentropy, Loss, get_loss
 from groundup.train.metrics import Metric, check_metrics_fit_loss, get_metric
 from groundup.train.optim import build_optimizer
 from groundup.train.optim_config import OptimConfig
@@ -68,6 +65,8 @@ from groundup.train.run_log import METRICS_FILE, MetricsLog, rate_logs, rewind_r
 from groundup.train.running_logs import RunningLogs
 from groundup.train.schedules import ConstantSchedule, Schedule, build_schedule
 from groundup.train.stop_signals import install_stop_handlers, restore_handlers
+from groundup.train.trainer_eval import EvaluationMixin
+from groundup.train.trainer_state import CheckpointMixin
 
 # resolve_device / resolve_precision were defined here first: importable from here still
 __all__ = [
@@ -85,7 +84,7 @@ NAN_HINT = (
 )
 
 
-class Trainer:
+class Trainer(CheckpointMixin, EvaluationMixin):
     """Trains any `nn.Module` with a loss, an optimizer and an optional LR schedule.
 
     Batches are tuples `(x, y)` or `(x, y, sample_weight)` from any iterable: a
@@ -190,6 +189,12 @@ class Trainer:
         self._forward_fn = forward if forward is not None else (self._ddp or self.model)
         self._forward = self._forward_fn
         self.output_transform = output_transform
+        # what the metrics see: probabilities. A binary cross-entropy on logits thresholds
+        # them at 0.5 only after a sigmoid (predict still returns the model's own outputs).
+        self._metric_transform = output_transform
+        logits = getattr(self.loss_fn, "from_logits", False)
+        if output_transform is None and logits and isinstance(self.loss_fn, BinaryCrossentropy):
+            self._metric_transform = torch.sigmoid
         self.regularizer = regularizer
         self.log_every = log_every
         self.verbose = verbose
@@ -414,8 +419,8 @@ class Trainer:
         if not self.metrics:
             return
         outputs = outputs.detach()
-        if self.output_transform is not None:
-            outputs = self.output_transform(outputs)
+        if self._metric_transform is not None:
+            outputs = self._metric_transform(outputs)
         for metric in self.metrics:
             metric.update(outputs, targets)
 
@@ -601,29 +606,6 @@ class Trainer:
         self._write_metrics({"event": "epoch", "epoch": self.epoch, "step": self.step, **logs})
         self.model.train()
 
-    def _save_due(self, cadence: _Cadence) -> None:
-        """The checkpoints asked for during this step (best first, then step checkpoints),
-        and the every-`checkpoint_every`-steps one."""
-        requests, self._save_requests = self._save_requests, []
-        every = cadence.checkpoint_every
-        if every and self.step % every == 0 and self.run_dir is not None:
-            requests.append((self.run_dir / "checkpoints", False, None))
-        done: set[Path] = set()
-        for directory, best, keep_last in sorted(requests, key=lambda r: not r[1]):
-            if best:
-                self.save_checkpoint(directory / "best")
-            elif directory not in done:
-                done.add(directory)
-                self._saved_path = self.save_step_checkpoint(directory, keep_last)
-
-    def request_save(
-        self, directory: str | Path, *, best: bool = False, keep_last: int | None = None
-    ) -> None:
-        """Ask for a checkpoint in `directory` at the end of this step (its `best/` with
-        `best=True`, else a `step-N/`), after every record of the step is written. Callbacks
-        use this instead of saving from inside a hook."""
-        self._save_requests.append((Path(directory), best, keep_last))
-
     def _epoch_logs(self) -> dict[str, float]:
         logs: dict[str, float] = {}
         loss = self._running.epoch_loss()
@@ -679,199 +661,6 @@ class Trainer:
         callbacks.call("on_log", self, logs)
         self._write_metrics({"event": "train", "step": self.step, "epoch": self.epoch, **logs})
 
-    # ---------------------------------------------------------------- evaluate / predict
-    @torch.no_grad()
-    def evaluate(
-        self, data: Iterable[Batch], max_batches: int | None = None, prefix: str = ""
-    ) -> dict[str, float]:
-        """Mean loss (over items, not batches) and metrics on `data`.
-
-        Several ranks: without metrics, rank r evaluates batches r, r + N, ... and the sums are
-        all-reduced (ranks short of a batch in the last round run a throwaway one, as FSDP needs
-        every rank in every forward); with metrics, every rank evaluates every batch.
-        """
-        if self.world_size > 1 and not self.metrics:
-            return self._evaluate_sharded(data, max_batches, prefix)
-        was_training = self.model.training
-        self.model.eval()
-        metrics = [_fresh(m) for m in self.metrics]
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        count = 0
-        for i, batch in enumerate(data):
-            if max_batches is not None and i >= max_batches:
-                break
-            batch = self._to_device(batch)
-            x, y = batch[0], batch[1]
-            with self._autocast():
-                outputs = self._forward(x)
-                total += self.loss_fn.sum(outputs, y).double()
-            count += int(self.loss_fn.count(y))
-            if metrics:
-                out = _at_least_fp32(outputs)
-                if self.output_transform is not None:
-                    out = self.output_transform(out)
-                for m in metrics:
-                    m.update(out, y)
-        self.model.train(was_training)
-        if count == 0:
-            return {}
-        logs = {f"{prefix}loss": float(total / count)}
-        if self.report_perplexity:
-            logs[f"{prefix}perplexity"] = math.exp(min(logs[f"{prefix}loss"], 700.0))
-        for m in metrics:
-            logs[f"{prefix}{m.name}"] = m.compute()
-        return logs
-
-    @torch.no_grad()
-    def _evaluate_sharded(
-        self, data: Iterable[Batch], max_batches: int | None, prefix: str
-    ) -> dict[str, float]:
-        was_training = self.model.training
-        self.model.eval()
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, item count
-        shares = data_parallel.round_robin(data, max_batches, self.rank, self.world_size)
-        for batch, mine in shares:  # not mine: a throwaway forward (FSDP needs every rank)
-            batch = self._to_device(batch)
-            with self._autocast():
-                outputs = self._forward(batch[0])
-                loss_sum = self.loss_fn.sum(outputs, batch[1]).double()
-            if mine:
-                sums[0] += loss_sum
-                sums[1] += float(self.loss_fn.count(batch[1]))
-        dist_utils.all_reduce_sum(sums)
-        self.model.train(was_training)
-        total, count = float(sums[0]), float(sums[1])
-        if count == 0:
-            return {}
-        logs = {f"{prefix}loss": total / count}
-        if self.report_perplexity:
-            logs[f"{prefix}perplexity"] = math.exp(min(logs[f"{prefix}loss"], 700.0))
-        return logs
-
-    @torch.no_grad()
-    def predict(self, data: Iterable[Batch] | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Model outputs (after `output_transform`) for every batch, concatenated on the CPU."""
-        was_training = self.model.training
-        self.model.eval()
-        if isinstance(data, torch.Tensor):
-            data = [(data[i : i + batch_size],) for i in range(0, data.shape[0], batch_size)]
-        outs = []
-        with torch.no_grad():  # no autograd graph: prediction keeps no activations
-            for batch in data:
-                x = self._to_device(tuple(batch))[0]
-                with self._autocast():
-                    out = self._forward(x)
-                out = _at_least_fp32(out)
-                if self.output_transform is not None:
-                    out = self.output_transform(out)
-                outs.append(out.cpu())
-        self.model.train(was_training)
-        return torch.cat(outs) if outs else torch.empty(0)
-
-    # ---------------------------------------------------------------- checkpoints
-    def state(self) -> dict[str, Any]:
-        """Everything besides weights, optimizer and RNG that exact resume needs: counters,
-        the data position, the running epoch/log sums and every callback's `state_dict`."""
-        state: dict[str, Any] = {
-            "step": self.step,
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "samples_seen": self.samples_seen,
-            "tokens_seen": self.tokens_seen,
-            "skipped_steps": self.skipped_steps,
-            "rollbacks": self.rollbacks,
-            "running": self._running.state_dict(self.metrics),
-            "callbacks": {key: cb.state_dict() for key, cb in self._keyed_callbacks()},
-        }
-        data_state = getattr(self._train_data, "state_dict", None)
-        if callable(data_state):
-            state["data"] = data_state()
-        return state
-
-    def _keyed_callbacks(self) -> list[tuple[str, Callback]]:
-        """User callbacks by a stable key (class name, numbered when a class repeats)."""
-        seen: dict[str, int] = {}
-        out = []
-        for cb in self.user_callbacks:
-            name = type(cb).__name__
-            seen[name] = seen.get(name, 0) + 1
-            out.append((name if seen[name] == 1 else f"{name}_{seen[name]}", cb))
-        return out
-
-    def _load_callback_states(self, state: dict[str, Any]) -> None:
-        saved = state.get("callbacks", {})
-        for key, cb in self._keyed_callbacks():
-            if key in saved:
-                cb.load_state_dict(saved[key])
-
-    def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """Write a checkpoint directory at `path` (replacing one there). Several ranks: every
-        rank must call it (FSDP2 ranks each write their shards; DDP's rank 0 writes)."""
-        path = save_checkpoint(
-            path, self.model, self.optimizer, self._state_payload(extra), **self._placement
-        )
-        for cb in self.user_callbacks:
-            cb.on_save(self, path)
-        return path
-
-    def save_step_checkpoint(
-        self, directory: str | Path | None = None, keep_last: int | None = None
-    ) -> Path:
-        """Save `<directory>/step-N` (default: `<run_dir>/checkpoints`), update `latest`,
-        keep the newest `keep_last` (default: the trainer's)."""
-        if directory is None:
-            if self.run_dir is None:
-                raise ConfigError("saving a checkpoint needs a run_dir (or a directory)")
-            directory = self.run_dir / "checkpoints"
-        keep = keep_last if keep_last is not None else self.keep_last
-        payload = self._state_payload(None)
-        path = save_step_checkpoint(
-            directory, self.step, self.model, self.optimizer, payload, keep, **self._placement
-        )
-        for cb in self.user_callbacks:
-            cb.on_save(self, path)
-        return path
-
-    @property
-    def _placement(self) -> dict[str, Any]:
-        return {"strategy": self.strategy, "rank": self.rank, "world_size": self.world_size}
-
-    def _state_payload(self, extra: dict[str, Any] | None) -> dict[str, Any]:
-        state = self.state()
-        if self.config is not None:
-            state["config"] = self.config
-        if extra:
-            state.update(extra)
-        return state
-
-    def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
-        """Restore weights, optimizer, RNG, counters, data position and the running sums from
-        `path` (a checkpoint directory, or a `checkpoints/` folder: its newest complete
-        checkpoint whose state.json reads). Returns the saved state; callback states are
-        applied by `fit`. Whether the checkpoint belongs to this config is the run's
-        question (groundup.runs compares the configs once, before anything is touched)."""
-        self.build_optimizer()
-        path = Path(path)
-        if not (path / "state.json").is_file():
-            latest = find_latest(path)
-            path = latest if latest is not None else path
-        state = load_checkpoint(path, unwrap(self.model), self.optimizer)
-        self.resumed_from = path
-        self.step = int(state.get("step", 0))
-        self.epoch = int(state.get("epoch", 0))
-        self.step_in_epoch = int(state.get("step_in_epoch", 0))
-        self.samples_seen = int(state.get("samples_seen", 0))
-        self.tokens_seen = int(state.get("tokens_seen", 0))
-        self.skipped_steps = int(state.get("skipped_steps", 0))
-        self.rollbacks = int(state.get("rollbacks", 0))
-        self._running = RunningLogs()
-        if "running" in state:
-            self._running.load_state_dict(state["running"], self.metrics, self.device)
-        loader = getattr(self._train_data, "load_state_dict", None)
-        if "data" in state and callable(loader):
-            loader(state["data"])
-        return state
-
     # ---------------------------------------------------------------- logging
     def _write_metrics(self, record: dict[str, Any]) -> None:
         self._metrics_log.write(record)
@@ -895,15 +684,3 @@ class _Cadence:
     ) -> None:
         self.val, self.eval_every, self.eval_batches = val, eval_every, eval_batches
         self.checkpoint_every = checkpoint_every
-
-
-def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    """bf16/fp16 outputs as float32 for metrics and predictions; float64 stays float64."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
-
-
-def _fresh(metric: Metric) -> Metric:
-    """Evaluation must not disturb the running training metrics: use a reset copy."""
-    m = copy.deepcopy(metric)
-    m.reset()
-    return m
