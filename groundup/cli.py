@@ -9,7 +9,9 @@ and the command that resumes.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 
@@ -94,7 +96,8 @@ def _resolve_resume(args: argparse.Namespace) -> None:
                 "config.yaml is used)"
             )
         args.config = str(saved)
-        args.overrides = [f"run_dir={run_dir}", *args.overrides]
+        # quoted: a folder named `2024-01-01`, `on` or `run #2` is a string, not YAML
+        args.overrides = [f"run_dir={json.dumps(str(run_dir))}", *args.overrides]
         value = True
     if args.config is None:
         raise ConfigError(
@@ -319,7 +322,8 @@ def _resume_hint(args: argparse.Namespace, exc: TrainingInterrupted) -> str:
     if exc.checkpoint is None:
         return "no run_dir, so nothing to resume"
     run_dir = Path(exc.checkpoint).parent.parent  # <run_dir>/checkpoints/step-N
-    return f"resume with: groundup {args.command} --resume {run_dir}"
+    nproc = f" --nproc {args.nproc}" if getattr(args, "nproc", None) else ""
+    return f"resume with: groundup {args.command} --resume {shlex.quote(str(run_dir))}{nproc}"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -363,3 +363,90 @@ def test_one_load_model_for_every_kind_of_folder(finished):
     assert isinstance(mlp, gu.Sequential)
     gpt = gu.load_model(finished["folder"] / "gpt")  # a pretrain run: model + tokenizer
     assert isinstance(gpt.model, gu.GPT) and gpt.tokenizer is not None and gpt.task == "causal_lm"
+
+
+# ---------------------------------------------------------------- review: the edges
+def test_overwrite_wins_over_resume_auto(finished):
+    from groundup.runs import plan_run
+
+    saved = yaml.safe_load((finished["folder"] / "gpt" / "config.yaml").read_text())
+    plan = plan_run(finished["folder"] / "gpt", {**saved, "resume": "auto"}, overwrite=True)
+    assert plan.mode == "replace"
+
+
+def test_a_folder_with_checkpoints_but_no_config_starts_over_not_mixed(tmp_path):
+    from groundup.checkpoint import save_step_checkpoint
+    from groundup.runs import Run, plan_run
+
+    save_step_checkpoint(tmp_path / "checkpoints", 30, torch.nn.Linear(2, 1), None, {"step": 30})
+    plan = plan_run(tmp_path, {"seed": 0})
+    assert plan.mode == "restart"
+    with Run.begin(plan):
+        pass
+    assert (tmp_path / "checkpoints.previous" / "step-00000030").is_dir()
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_only_input_errors_remove_a_new_folder(tmp_path):
+    from groundup.errors import DataError
+    from groundup.runs import Run, plan_run
+
+    for name, error, kept in (
+        ("data", DataError("a JSONL row without 'text'"), False),
+        ("interrupted", TrainingInterrupted(3, None, 2), True),
+    ):
+        plan = plan_run(tmp_path / name, {"seed": 0})
+        with pytest.raises(type(error)), Run.begin(plan):
+            (tmp_path / name / "metrics.jsonl").write_text("{}\n")
+            raise error
+        assert (tmp_path / name).exists() == kept, name
+
+
+def test_a_run_stopped_by_a_callback_stays_stopped_on_resume(tmp_path):
+    import groundup as gu
+
+    class StopAt4(gu.callbacks.Callback):
+        def on_step_end(self, trainer, step):
+            if step == 4:
+                trainer.stop_training = True
+
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    y = x.sum(dim=1, keepdim=True)
+
+    def trainer() -> gu.Trainer:
+        return gu.Trainer(
+            torch.nn.Linear(3, 1), device="cpu", verbose=0, run_dir=tmp_path, callbacks=[StopAt4()]
+        )
+
+    first = trainer()
+    first.fit(gu.TensorBatches(x, y, batch_size=8), epochs=3, checkpoint_every=2)
+    assert first.step == 4
+    again = trainer()
+    again.fit(gu.TensorBatches(x, y, batch_size=8), epochs=3, resume_from=tmp_path / "checkpoints")
+    assert again.step == 4 and [r["step"] for r in log_records(tmp_path)] == [4]
+
+
+def test_a_second_fit_after_a_mid_epoch_stop_starts_a_whole_epoch():
+    import groundup as gu
+
+    x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    trainer = gu.Trainer(
+        torch.nn.Linear(3, 2),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        device="cpu",
+        verbose=0,
+    )
+    trainer.fit(gu.TensorBatches(x, y, batch_size=8), max_steps=3)
+    history = trainer.fit(gu.TensorBatches(x, y, batch_size=8), epochs=1)
+    assert trainer.step == 8 and trainer.epoch == 2 and history.epoch[-1] == 1
+
+
+def test_resume_run_dir_names_that_yaml_would_misread(finished, tmp_path, capsys):
+    for name in ("2024-01-01", "run #2"):
+        moved = tmp_path / name
+        shutil.copytree(finished["folder"] / "gpt", moved)
+        assert main(["pretrain", "--resume", str(moved), "train.max_steps=13"]) == 0
+        assert yaml.safe_load((moved / "config.yaml").read_text())["run_dir"] == str(moved)
+    assert "resumed from step 12" in capsys.readouterr().out

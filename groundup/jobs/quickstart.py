@@ -126,11 +126,11 @@ def run_quickstart(
     results: dict[str, Any] = {}
 
     print("== 1/3 the seed MLP on digits (groundup train) ==", flush=True)
-    digits = _stage(run_train, configs["digits"], resume, verbose)
+    digits = _stage(run_train, configs["digits"], resume, verbose)[0]
     results["digits_test_accuracy"] = digits["test_accuracy"]
 
     print("\n== 2/3 a GPT pretrained on Python's docs (groundup pretrain) ==", flush=True)
-    gpt = _stage(run_pretrain, configs["gpt"], resume, verbose)
+    gpt, kept = _stage(run_pretrain, configs["gpt"], resume, verbose)
     results["gpt_val_loss"] = gpt["final_val_loss"]
     results["gpt_sample"] = gpt.get("sample", "")
 
@@ -140,7 +140,7 @@ def run_quickstart(
     )
     sft_cfg = configs["sft"]
     base_val = _base_sft_loss(Path(sft_cfg.base.path), sft_cfg)
-    sft = _stage(run_finetune, sft_cfg, resume, verbose)
+    sft = _stage(run_finetune, sft_cfg, resume and kept, verbose)[0]  # a new base: tune again
     export_dir = run_export(
         sft_cfg.run_dir, run_dir / "pydocs-sft-lora-hf", overwrite=True, verbose=verbose
     )
@@ -172,9 +172,10 @@ def run_quickstart(
     return results
 
 
-def _stage(run: Any, cfg: Any, resume: bool, verbose: int) -> dict[str, Any]:
+def _stage(run: Any, cfg: Any, resume: bool, verbose: int) -> tuple[dict[str, Any], bool]:
     """One stage: run it afresh (replacing what an earlier quickstart left), or with `resume`
-    keep a finished stage's results and continue an interrupted one from its checkpoint."""
+    keep a finished stage's results and continue an interrupted one from its checkpoint.
+    Returns (results, whether the finished results were kept as they were)."""
     from groundup.checkpoint import find_latest
     from groundup.runs import RESULTS_FILE, comparable, read_saved_config
 
@@ -184,10 +185,10 @@ def _stage(run: Any, cfg: Any, resume: bool, verbose: int) -> dict[str, Any]:
         if same and (path / RESULTS_FILE).is_file():
             if verbose:
                 print(f"finished before: results from {path / RESULTS_FILE}", flush=True)
-            return json.loads((path / RESULTS_FILE).read_text(encoding="utf-8"))
+            return json.loads((path / RESULTS_FILE).read_text(encoding="utf-8")), True
         if same and find_latest(path / "checkpoints") is not None:
-            return run(None, config=cfg, resume=True, verbose=verbose)
-    return run(None, config=cfg, overwrite=True, verbose=verbose)
+            return run(None, config=cfg, resume=True, verbose=verbose), False
+    return run(None, config=cfg, overwrite=True, verbose=verbose), False
 
 
 def _base_sft_loss(base: Path, cfg: FinetuneConfig) -> float:

@@ -27,6 +27,7 @@ groundup.distributed.data_parallel. With one process none of it runs: no collect
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import signal
 import time
@@ -463,6 +464,9 @@ class Trainer(CheckpointMixin, EvaluationMixin):
             saved_state = self.load_checkpoint(resume_from)  # the budget counts from step 0
             self.total_steps = plan.budget
         else:  # a second fit() trains for its own budget, like Keras
+            if self.step_in_epoch:  # the last fit stopped mid-epoch: this one starts a new one
+                self.epoch += 1
+                self.step_in_epoch = 0
             self.total_steps = self.step + plan.budget
             self.start_epoch = self.epoch
             self._running = RunningLogs()
@@ -480,6 +484,8 @@ class Trainer(CheckpointMixin, EvaluationMixin):
         callbacks.call("on_train_begin", self)
         if saved_state is not None:  # after on_train_begin, which resets a fresh fit's state
             self._load_callback_states(saved_state)
+            # a run that had stopped (early stopping, a callback) stays stopped
+            self.stop_training = bool(saved_state.get("stopped", False))
             if self.verbose:
                 print(f"resumed from step {self.step} ({self.resumed_from})", flush=True)
         try:
@@ -611,16 +617,18 @@ class Trainer(CheckpointMixin, EvaluationMixin):
         loss = self._running.epoch_loss()
         if loss is not None:
             logs["loss"] = loss
-        if self.world_size > 1 and self.metrics:
-            self._sync_metrics()
-        for m in self.metrics:
+        metrics = self.metrics
+        if self.world_size > 1 and metrics:  # merged copies: the running state stays per rank
+            metrics = [copy.deepcopy(m) for m in metrics]
+            self._sync_metrics(metrics)
+        for m in metrics:
             logs[m.name] = m.compute()
         return logs
 
-    def _sync_metrics(self) -> None:
+    def _sync_metrics(self, metrics: list[Metric]) -> None:
         """Several ranks: each metric over every rank's batches (one collective); a metric
         that cannot be combined keeps rank 0's share, said once."""
-        unsynced = data_parallel.sync_metrics(self.metrics, self.device)
+        unsynced = data_parallel.sync_metrics(metrics, self.device)
         if unsynced and not self._unsynced_noted:
             self._unsynced_noted = True
             names = ", ".join(m.name for m in unsynced)

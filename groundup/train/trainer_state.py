@@ -4,6 +4,7 @@ strategy's form, and loading it all back. A mixin of `Trainer`."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ from groundup.checkpoint import (
     save_step_checkpoint,
     unwrap,
 )
+from groundup.distributed import data_parallel
 from groundup.errors import ConfigError
 from groundup.train.callbacks import Callback
+from groundup.train.metrics import Metric
 from groundup.train.running_logs import RunningLogs
 
 
@@ -35,13 +38,25 @@ class CheckpointMixin:
             "tokens_seen": self.tokens_seen,
             "skipped_steps": self.skipped_steps,
             "rollbacks": self.rollbacks,
-            "running": self._running.state_dict(self.metrics),
+            "running": self._running.state_dict(self._metrics_of_all_ranks()),
+            # stopped by a callback (early stopping), not by a signal: a resume stays stopped
+            "stopped": bool(self.stop_training and self._signal is None),
             "callbacks": {key: cb.state_dict() for key, cb in self._keyed_callbacks()},
         }
         data_state = getattr(self._train_data, "state_dict", None)
         if callable(data_state):
             state["data"] = data_state()
         return state
+
+    def _metrics_of_all_ranks(self) -> list[Metric]:
+        """The training metrics as one process would hold them: under several ranks, copies
+        merged over the ranks (a collective: every rank saves together), which rank 0 alone
+        loads back on resume; the running state of each rank stays its own."""
+        if self.world_size == 1 or not self.metrics:
+            return self.metrics
+        merged = [copy.deepcopy(m) for m in self.metrics]
+        data_parallel.sync_metrics(merged, self.device)
+        return merged
 
     def _keyed_callbacks(self) -> list[tuple[str, Callback]]:
         """User callbacks by a stable key (class name, numbered when a class repeats)."""
@@ -121,7 +136,9 @@ class CheckpointMixin:
         self.rollbacks = int(state.get("rollbacks", 0))
         self._running = RunningLogs()
         if "running" in state:
-            self._running.load_state_dict(state["running"], self.metrics, self.device)
+            # several ranks: the saved metric state is every rank's, merged; rank 0 takes it
+            metrics = self.metrics if self.rank == 0 else []
+            self._running.load_state_dict(state["running"], metrics, self.device)
         loader = getattr(self._train_data, "load_state_dict", None)
         if "data" in state and callable(loader):
             loader(state["data"])
