@@ -57,6 +57,12 @@ def run_evaluate(
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     tm = load_model(run, allow_pickle=allow_pickle)
+    if tm.task == "mlm":
+        raise ConfigError(
+            f"{run} holds a masked language model (BERT): evaluate scores causal language "
+            "models and classifiers; its masked-token loss and accuracy are in the run's "
+            "results.json, and a fine-tuned classifier of it is evaluated as usual"
+        )
     if task is not None and task != tm.task:
         if "classification" in (task, tm.task):
             raise ConfigError(

