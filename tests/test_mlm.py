@@ -261,14 +261,17 @@ def test_the_shipped_bert_config_builds_its_model() -> None:
     assert cfg.objective == "mlm" and (bert.n_layer, bert.n_embd, bert.block_size) == (4, 256, 128)
 
 
-def test_mlm_on_two_ranks_matches_one_process(tmp_path) -> None:
-    from test_distributed import TOL, assert_close, losses, torchrun
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_mlm_on_two_ranks_matches_one_process(tmp_path, strategy) -> None:
+    from test_distributed import FSDP_ON_CPU, TOL, assert_close, losses, torchrun
 
+    if strategy == "fsdp" and not FSDP_ON_CPU:
+        pytest.skip("FSDP2 on CPUs needs torch >= 2.6")
     precise = {"precision": "fp64", "checkpoint_every": None}
     ref = mlm_config(tmp_path, "ref", **precise)
     assert run_cli(["pretrain", str(ref), "model.dropout=0.0"]).returncode == 0  # masks differ
     ddp = yaml.safe_load(mlm_config(tmp_path, "ddp", **precise).read_text())
-    ddp["distributed"] = {"strategy": "ddp"}
+    ddp["distributed"] = {"strategy": strategy}
     for cfg in (ddp,):
         cfg["model"]["dropout"] = 0.0
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(ddp), encoding="utf-8")
@@ -279,3 +282,10 @@ def test_mlm_on_two_ranks_matches_one_process(tmp_path) -> None:
     got = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert abs(got["final_val_loss"] - want["final_val_loss"]) < TOL
     assert got["final_val_accuracy"] == want["final_val_accuracy"]
+    if strategy == "fsdp":  # the gathered model folder is the one-process model
+        from safetensors.torch import load_file
+
+        a = load_file(str(tmp_path / "ddp" / "model" / "model.safetensors"))
+        b = load_file(str(tmp_path / "ref" / "model" / "model.safetensors"))
+        assert sorted(a) == sorted(b)
+        assert all(torch.allclose(a[k], b[k], rtol=0, atol=TOL) for k in b)

@@ -127,7 +127,12 @@ class Objective:
 
             model = load_model_dir(folder, device)[0] if sharded else self.model
             return sample_text(model, tokenizer, sample, stream=stream)
-        return fill_mask(self.model, tokenizer, sample.prompt, stream=stream)
+        model = self.model
+        if sharded:  # a sharded model cannot run alone on rank 0: fill in with the saved copy
+            from groundup.models.folders import load_model
+
+            model = load_model(folder).model.to(device)
+        return fill_mask(model, tokenizer, sample.prompt, stream=stream)
 
 
 def build_objective(cfg: Any, tokenizer: Any, model_cfg: Any, seq_len: int) -> Objective:
@@ -151,6 +156,9 @@ def _plain_copy(model: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Module
     if not any(type(p).__name__ == "DTensor" for p in plain.parameters()):
         return plain
     fresh = type(plain)(plain.config)
+    floating = [t.dtype for t in tensors.values() if t.is_floating_point()]
+    if floating:  # the trained dtype (fp64 runs stay fp64)
+        fresh = fresh.to(floating[0])
     load_tensors(fresh, tensors, "the gathered weights")
     return fresh
 
