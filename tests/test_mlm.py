@@ -111,12 +111,25 @@ def test_whole_word_masking_chooses_every_piece_of_a_word() -> None:
     ids = big_batch(tok, rows=64)
     x, y = masker(ids, key=1)
     starts = masker.starts_word[ids]
+    starts[:, 1:] |= masker.ends_space[ids[:, :-1]]  # after a newline or tab: a new word
     chosen = y != IGNORE
     for row in range(ids.shape[0]):
         for t in range(1, ids.shape[1]):
             after_special = masker.is_special[ids[row, t - 1]]
             if not starts[row, t] and not masker.is_special[ids[row, t]] and not after_special:
                 assert chosen[row, t] == chosen[row, t - 1]  # a continuation follows its word
+
+
+def test_whole_words_end_at_newlines_and_punctuation() -> None:
+    text = ("bar.baz(1)\nprint(foo(2))\nReturn the value.\n" * 40) + corpus_text()
+    tok = Tokenizer.train([text], kind="bpe", vocab_size=320, special_tokens=BERT_SPECIAL_TOKENS)
+    masker = TokenMasker(MaskingConfig(whole_word=True), tok, tok.vocab_size)
+    ids = torch.tensor(
+        [[tok.token_to_id("[CLS]")] + tok.encode("bar.baz(1)\nprint(foo(2))\nReturn")]
+    )
+    starts = masker.starts_word[ids]
+    starts[:, 1:] |= masker.ends_space[ids[:, :-1]]
+    assert int(starts.sum()) >= 6  # not one 15-token "word": punctuation and lines split it
 
 
 def test_bad_masking_settings_and_tokenizers_are_refused() -> None:
@@ -289,3 +302,27 @@ def test_mlm_on_two_ranks_matches_one_process(tmp_path, strategy) -> None:
         b = load_file(str(tmp_path / "ref" / "model" / "model.safetensors"))
         assert sorted(a) == sorted(b)
         assert all(torch.allclose(a[k], b[k], rtol=0, atol=TOL) for k in b)
+
+
+def test_the_exported_tokenizer_gives_the_training_input_in_transformers(tmp_path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from groundup.interop.hf_export import export_hf
+    from groundup.jobs.pretrain_objectives import fill_mask
+    from groundup.models.bert import BertConfig, BertForMaskedLM
+
+    tok = Tokenizer.train(
+        [corpus_text()], kind="bpe", vocab_size=300, special_tokens=BERT_SPECIAL_TOKENS
+    )
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig.from_name("bert-tiny", vocab_size=tok.vocab_size))
+    export_hf(model, tmp_path / "hf", tokenizer=tok)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    theirs = hf_tok("the cat sat on the [MASK] mat")["input_ids"]
+    ours = [
+        tok.token_to_id("[CLS]"),
+        *tok.encode("the cat sat on the[MASK] mat", allow_special=True),
+        tok.token_to_id("[SEP]"),
+    ]
+    assert theirs == ours  # [CLS] ... [SEP], and [MASK] takes the space before it
+    text = fill_mask(model, tok, "the cat sat on the [MASK] mat")
+    assert text.startswith("the cat sat on the") and text.endswith(" mat")

@@ -82,6 +82,7 @@ class TokenMasker:
             [i for i in range(tokenizer.vocab_size) if i not in set(specials)], dtype=torch.long
         )
         self.starts_word = _word_starts(tokenizer, vocab_size) if config.whole_word else None
+        self.ends_space = _ends_space(tokenizer, vocab_size) if config.whole_word else None
         self._gen = torch.Generator()
 
     def __call__(
@@ -101,7 +102,9 @@ class TokenMasker:
         if self.starts_word is None:
             chosen = (noise[0] < cfg.probability) & ~special
         else:
-            chosen = _whole_words(ids, noise[0] < cfg.probability, self.starts_word, special)
+            starts = self.starts_word.to(ids.device)[ids]
+            starts[:, 1:] |= self.ends_space.to(ids.device)[ids[:, :-1]]
+            chosen = _whole_words(ids, noise[0] < cfg.probability, starts, special)
         y = torch.where(chosen, ids, torch.full_like(ids, IGNORE))
         x = ids.clone()
         to_mask = chosen & (noise[1] < cfg.mask_share)
@@ -112,8 +115,10 @@ class TokenMasker:
 
 
 def _word_starts(tokenizer: Any, vocab_size: int) -> torch.Tensor:
-    """(vocab,) True where a token begins a word: in byte-level BPE a token with the space
-    marker (Ġ), in WordPiece one without the ## continuation mark; special tokens always."""
+    """(vocab,) True where a token begins a word. Byte-level BPE: a token with the space
+    marker (Ġ) or one that starts with punctuation (`.`, `(`); WordPiece: a token without the
+    ## continuation mark; special tokens always. (A token after one that ends in whitespace,
+    a newline or tab say, also begins a word: see `_ends_space`.)"""
     tokens = [tokenizer.id_to_token(i) or "" for i in range(min(vocab_size, tokenizer.vocab_size))]
     byte_level = any(t.startswith("Ġ") for t in tokens)
     specials = set(tokenizer.special_tokens)
@@ -121,16 +126,29 @@ def _word_starts(tokenizer: Any, vocab_size: int) -> torch.Tensor:
     for i, token in enumerate(tokens):
         if token in specials:
             continue
-        starts[i] = token.startswith("Ġ") if byte_level else not token.startswith("##")
+        if byte_level:
+            starts[i] = token.startswith("Ġ") or not token[:1].isalnum()
+        else:
+            starts[i] = not token.startswith("##")
     return starts
 
 
+def _ends_space(tokenizer: Any, vocab_size: int) -> torch.Tensor:
+    """(vocab,) True for byte-level tokens that end in whitespace (Ġ space, Ċ newline, ĉ tab):
+    the next token begins a word even without a space marker of its own."""
+    ends = torch.zeros(vocab_size, dtype=torch.bool)
+    for i in range(min(vocab_size, tokenizer.vocab_size)):
+        ends[i] = (tokenizer.id_to_token(i) or "").endswith(("Ġ", "Ċ", "ĉ"))
+    return ends
+
+
 def _whole_words(
-    ids: torch.Tensor, at_start: torch.Tensor, starts_word: torch.Tensor, special: torch.Tensor
+    ids: torch.Tensor, at_start: torch.Tensor, starts: torch.Tensor, special: torch.Tensor
 ) -> torch.Tensor:
-    """Positions whose word was chosen: a word is chosen by the draw at its first piece."""
+    """Positions whose word was chosen: a word is chosen by the draw at its first piece
+    (`starts`: (B, T) True where a word begins)."""
     B, T = ids.shape
-    start = starts_word.to(ids.device)[ids] | special
+    start = starts | special
     start[:, 1:] |= special[:, :-1]  # the token after [CLS]/[SEP] begins a word
     start[:, 0] = True
     positions = torch.arange(T, device=ids.device).expand(B, T)

@@ -201,7 +201,8 @@ def _first_id(tok: Tokenizer, names: Sequence[str]) -> int | None:
 
 
 def _write_tokenizer(folder: Path, tok: Tokenizer, bert: bool, block_size: int) -> None:
-    (folder / TOKENIZER_FILE).write_text(tok.to_json(), encoding="utf-8")
+    text = _bert_tokenizer_json(tok) if bert else tok.to_json()
+    (folder / TOKENIZER_FILE).write_text(text, encoding="utf-8")
     specials: dict[str, str] = {}
 
     def add(role: str, token_id: int | None) -> None:
@@ -226,6 +227,35 @@ def _write_tokenizer(folder: Path, tok: Tokenizer, bert: bool, block_size: int) 
     }
     _write_json(folder / "tokenizer_config.json", config)
     _write_json(folder / "special_tokens_map.json", specials)
+
+
+def _bert_tokenizer_json(tok: Tokenizer) -> str:
+    """The tokenizer.json of a BERT export: transformers' tokenizer must give what the model
+    was trained on, `[CLS] text [SEP]` (groundup adds them itself and encodes without special
+    tokens), and `[MASK]` takes the space before it (a masked word's "Ġword" is one token).
+    A tokenizer that already wraps its input (a WordPiece one from a BERT folder) is kept."""
+    import json as _json
+
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import processors
+
+    spec = _json.loads(tok.to_json())
+    kind = (spec.get("post_processor") or {}).get("type")
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    if kind in ("TemplateProcessing", "BertProcessing") or cls_id is None or sep_id is None:
+        return tok.to_json()
+    for added in spec.get("added_tokens", []):
+        if added.get("content") == "[MASK]":
+            added["lstrip"] = True
+    hf = HFTokenizer.from_str(_json.dumps(spec))
+    template = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    steps = [processors.ByteLevel(trim_offsets=False)] if kind == "ByteLevel" else []
+    hf.post_processor = processors.Sequence([*steps, template]) if steps else template
+    return hf.to_str()
 
 
 def _write_json(file: Path, data: Any) -> None:

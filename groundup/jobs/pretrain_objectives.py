@@ -12,6 +12,7 @@ Everything else (tokenizer, shards, Trainer, checkpoints, resume, ranks) is the 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,13 +167,19 @@ def _plain_copy(model: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Module
 @torch.no_grad()
 def fill_mask(model: nn.Module, tokenizer: Any, prompt: str, stream: bool = False) -> str:
     """`prompt` with each [MASK] replaced by the model's most likely token (no [MASK] in the
-    prompt: its last word is masked)."""
+    prompt: its last word is masked). The space before a [MASK] belongs to the masked word (as
+    in training, where [MASK] replaces a whole "Ġword" token)."""
     mask_id, cls_id = tokenizer.token_to_id("[MASK]"), tokenizer.token_to_id("[CLS]")
     if "[MASK]" not in prompt:
         head, _, _ = prompt.rstrip().rpartition(" ")
         prompt = f"{head} [MASK]" if head else "[MASK]"
-    ids = [cls_id, *tokenizer.encode(prompt, allow_special=True)]
-    ids = ids[: model.config.block_size]
+    ids = [cls_id, *tokenizer.encode(re.sub(r"\s+\[MASK\]", "[MASK]", prompt), allow_special=True)]
+    limit = model.config.block_size
+    if len(ids) > limit:
+        note = f"(sample.prompt cut to the model's {limit} positions) "
+        ids = ids[:limit]
+    else:
+        note = ""
     was_training = model.training
     model.eval()
     x = torch.tensor([ids], device=next(model.parameters()).device)
@@ -182,5 +189,5 @@ def fill_mask(model: nn.Module, tokenizer: Any, prompt: str, stream: bool = Fals
     model.train(was_training)
     text = tokenizer.decode(filled[1:])
     if stream:
-        print(f"{prompt} -> {text}", flush=True)
+        print(f"{note}{prompt} -> {text}", flush=True)
     return text
