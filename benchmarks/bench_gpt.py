@@ -9,7 +9,9 @@
    (against the measured bf16 matmul peak) of groundup in bf16 and fp32 and of the reference
    in fp32, and the loss gap between groundup bf16 and fp32 after the same steps.
 
-    python benchmarks/bench_gpt.py [--data ../shared/data/tinyshakespeare.txt] [--iters 2000]
+    python benchmarks/bench_gpt.py [--data data/tinyshakespeare.txt] [--iters 2000]
+
+(tinyshakespeare: char-rnn's input.txt, as in configs/pretrain-shakespeare-char.yaml.)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+DEFAULT_DATA = Path("data") / "tinyshakespeare.txt"  # see configs/pretrain-shakespeare-char.yaml
 
 
 # ---------------------------------------------------------------- the reference (plain PyTorch)

@@ -1,4 +1,4 @@
-"""The seed example of DESIGN.md, almost verbatim, on the bundled digits dataset.
+"""The tutorial's seed example (the README's "Ten lines of Python"), on the bundled digits dataset.
 
 python examples/seed_mlp.py
 """

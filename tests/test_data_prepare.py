@@ -10,8 +10,9 @@ import torch
 
 from groundup.data.builtin import BUILTIN_DATASETS, load_dataset
 from groundup.data.preprocess import Normalizer, check_arrays, split_indices
-from groundup.data.tabular import Table, load_table
+from groundup.data.tabular import Table
 from groundup.data.tabular_pipeline import Preprocessor, TabularDataConfig, prepare_tabular
+from groundup.data.tabular_readers import load_table
 from groundup.errors import ConfigError, DataError, MissingFileError, ShapeError
 
 # --------------------------------------------------------------------------------- Normalizer

@@ -17,8 +17,8 @@ from groundup.data.tabular import (
     Table,
     clean_table,
     infer_task,
-    load_table,
 )
+from groundup.data.tabular_readers import load_table
 from groundup.errors import ConfigError, DataError, DependencyError, MissingFileError
 
 

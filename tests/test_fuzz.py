@@ -27,10 +27,11 @@ from hypothesis import strategies as st
 
 from groundup.config import apply_overrides, from_dict, load_yaml
 from groundup.data.corpus import Corpus
-from groundup.data.tabular import load_table
 from groundup.data.tabular_pipeline import TabularDataConfig, prepare_tabular
+from groundup.data.tabular_readers import load_table
 from groundup.errors import ConfigError, DataError, GroundupError
-from groundup.jobs.pretrain import PretrainConfig, build_gpt_config
+from groundup.jobs.pretrain import PretrainConfig
+from groundup.jobs.pretrain_objectives import model_config
 from groundup.jobs.train_tabular import TrainJobConfig
 
 # GROUNDUP_FUZZ_EXAMPLES=5000 explores further with fresh random examples (minutes, not CI)
@@ -197,7 +198,7 @@ def test_pretrain_config_from_dict_and_gpt_config(data, model) -> None:
         data["model"] = model
     cfg = _only_groundup_errors(from_dict, PretrainConfig, data)
     if cfg is not None:
-        _only_groundup_errors(build_gpt_config, cfg.model, 100, one_line=False)
+        _only_groundup_errors(model_config, "clm", cfg.model, 100, one_line=False)
 
 
 @FUZZ
@@ -552,7 +553,7 @@ def test_huge_numbers_in_a_config_are_config_errors(data, fragment) -> None:
 def test_huge_model_sizes_are_config_errors() -> None:
     # was: accepted, then a 10**400-wide GPT would be built
     with pytest.raises(ConfigError, match="'model.n_embd' is out of range"):
-        build_gpt_config({"preset": "gpt2-tiny", "n_embd": 10**400, "n_head": 1}, 100)
+        model_config("clm", {"preset": "gpt2-tiny", "n_embd": 10**400, "n_head": 1}, 100)
 
 
 def test_damaged_gzip_csv_is_a_data_error(tmp_path) -> None:

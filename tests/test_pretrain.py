@@ -398,18 +398,19 @@ def test_a_run_dir_holding_another_run_is_refused(tmp_path, capsys) -> None:
 # ---------------------------------------------------------------- shipped configs
 def test_shipped_configs_load_and_build_their_model() -> None:
     from groundup.config import load_config
-    from groundup.jobs.pretrain import PretrainConfig, build_gpt_config
+    from groundup.jobs.pretrain import PretrainConfig
+    from groundup.jobs.pretrain_objectives import model_config
 
     pydocs = load_config(PretrainConfig, CONFIGS / "pretrain-pydocs.yaml")
     assert pydocs.data.source == "pydocs" and pydocs.tokenizer.kind == "bpe"
-    gpt = build_gpt_config(pydocs.model, pydocs.tokenizer.vocab_size)
+    gpt = model_config("clm", pydocs.model, pydocs.tokenizer.vocab_size)
     assert (gpt.n_layer, gpt.n_head, gpt.n_embd, gpt.block_size) == (4, 4, 256, 128)
     assert gpt.vocab_size == 4096 and gpt.dropout == 0.2
 
     # the corpus is not shipped: only the config and the model it describes
     shakespeare = load_config(PretrainConfig, CONFIGS / "pretrain-shakespeare-char.yaml")
     assert shakespeare.tokenizer.kind == "char"
-    gpt = build_gpt_config(shakespeare.model, 67)  # 65 characters + 2 special tokens
+    gpt = model_config("clm", shakespeare.model, 67)  # 65 characters + 2 special tokens
     assert (gpt.n_layer, gpt.n_head, gpt.n_embd, gpt.block_size) == (4, 4, 128, 64)
     assert gpt.vocab_size == 67 and gpt.bias is False
     assert shakespeare.train.batch_size == 12 and shakespeare.optim.lr == 1e-3

@@ -11,7 +11,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from groundup.data.corpus import Corpus
-from groundup.data.tokenizers import Tokenizer, _cut, bytes_to_unicode, train_tokenizer
+from groundup.data.tokenizer_training import train_tokenizer
+from groundup.data.tokenizers import Tokenizer, _cut, bytes_to_unicode
 from groundup.errors import ConfigError, DataError, MissingFileError, TokenizerError
 
 TEXT = (

@@ -45,6 +45,7 @@ from groundup.checkpoint.single import (
     save_single_step_checkpoint,
 )
 from groundup.checkpoint.weights import (
+    in_dtype_of,
     load_tensors,
     load_weights,
     model_tensors,
@@ -110,6 +111,7 @@ __all__ = [
     "STATE_FILE",
     "clean_debris",
     "find_latest",
+    "in_dtype_of",
     "is_complete",
     "is_sharded_checkpoint",
     "load_checkpoint",

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from groundup.errors import CheckpointError
+from groundup.files import fsync_dir_only, write_text_atomic
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -107,18 +108,6 @@ def fsync_dir(directory: Path) -> None:
     fsync_dir_only(directory)
 
 
-def fsync_dir_only(directory: Path) -> None:
-    """fsync the directory entry (a rename in it is durable after this)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # ---------------------------------------------------------------- the run's history
 def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
@@ -170,14 +159,7 @@ def find_latest(directory: str | Path) -> Path | None:
 
 def write_latest(directory: str | Path, name: str) -> None:
     """Point `latest` at `name` atomically (temp file, fsync, os.replace)."""
-    directory = Path(directory)
-    tmp = directory / f".{LATEST_FILE}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(name + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, directory / LATEST_FILE)
-    fsync_dir_only(directory)
+    write_text_atomic(Path(directory) / LATEST_FILE, name + "\n", durable=True)
     kill_point("latest-done")
 
 

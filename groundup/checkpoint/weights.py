@@ -107,3 +107,10 @@ def _tied_keys(model: nn.Module) -> set[str]:
             tied.add(key)
         seen.add(ident)
     return tied
+
+
+def in_dtype_of(model: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """`model` cast to the floating dtype of `tensors` (the weights FSDP2 gathered onto rank
+    0), so a fresh copy that takes them keeps the trained dtype (fp64 runs stay fp64)."""
+    floating = [t.dtype for t in tensors.values() if t.is_floating_point()]
+    return model.to(floating[0]) if floating else model

@@ -12,7 +12,6 @@ from groundup.data.tabular import (
     Table,
     clean_table,
     infer_task,
-    load_table,
 )
 from groundup.data.tabular_pipeline import (
     Preprocessor,
@@ -20,7 +19,9 @@ from groundup.data.tabular_pipeline import (
     TabularDataConfig,
     prepare_tabular,
 )
-from groundup.data.tokenizers import Tokenizer, train_tokenizer
+from groundup.data.tabular_readers import load_table
+from groundup.data.tokenizer_training import train_tokenizer
+from groundup.data.tokenizers import Tokenizer
 from groundup.data.windows import RandomWindows, SequentialWindows
 
 __all__ = [

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from groundup.config import check
-from groundup.data.windows import RandomWindows, SequentialWindows, _mix
+from groundup.data.windows import RandomWindows, SequentialWindows, mix64
 from groundup.errors import TokenizerError
 
 BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -84,6 +84,7 @@ class TokenMasker:
         self.starts_word = _word_starts(tokenizer, vocab_size) if config.whole_word else None
         self.ends_space = _ends_space(tokenizer, vocab_size) if config.whole_word else None
         self._gen = torch.Generator()
+        self._device_tables: dict[str, Any] = {}
 
     def __call__(
         self, ids: torch.Tensor, key: int, part: slice | None = None, rows: int | None = None
@@ -94,24 +95,33 @@ class TokenMasker:
         B, T = ids.shape
         total = rows if rows is not None else B
         part = part if part is not None else slice(0, B)
-        self._gen.manual_seed(_mix(_mix(self.seed) ^ key))
+        self._gen.manual_seed(mix64(mix64(self.seed) ^ key))
         noise = torch.rand(3, total, T, generator=self._gen)[:, part]  # choose, how, which
         pick = torch.randint(len(self.ordinary), (total, T), generator=self._gen)[part]
         noise, pick = noise.to(ids.device), pick.to(ids.device)
-        special = self.is_special.to(ids.device)[ids]
+        tables = self._tables(ids.device)
+        special = tables["is_special"][ids]
         if self.starts_word is None:
             chosen = (noise[0] < cfg.probability) & ~special
         else:
-            starts = self.starts_word.to(ids.device)[ids]
-            starts[:, 1:] |= self.ends_space.to(ids.device)[ids[:, :-1]]
+            starts = tables["starts_word"][ids]
+            starts[:, 1:] |= tables["ends_space"][ids[:, :-1]]
             chosen = _whole_words(ids, noise[0] < cfg.probability, starts, special)
         y = torch.where(chosen, ids, torch.full_like(ids, IGNORE))
         x = ids.clone()
         to_mask = chosen & (noise[1] < cfg.mask_share)
         to_random = chosen & ~to_mask & (noise[1] < cfg.mask_share + cfg.random_share)
         x[to_mask] = self.mask_id
-        x[to_random] = self.ordinary.to(ids.device)[pick[to_random]]
+        x[to_random] = tables["ordinary"][pick[to_random]]
         return x, y
+
+    def _tables(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The lookup tables on `device`, moved there once (not once a batch)."""
+        if self._device_tables.get("device") != device:
+            names = ("is_special", "ordinary", "starts_word", "ends_space")
+            moved = {n: getattr(self, n).to(device) for n in names if getattr(self, n) is not None}
+            self._device_tables = {"device": device, **moved}
+        return self._device_tables
 
 
 def _word_starts(tokenizer: Any, vocab_size: int) -> torch.Tensor:

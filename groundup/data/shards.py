@@ -32,6 +32,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from groundup.data.corpus import Corpus
 from groundup.data.tokenizers import TOKENIZER_FILE, Tokenizer
 from groundup.errors import ConfigError, DataError, MissingFileError, TokenizerError
+from groundup.files import write_text_atomic
 
 INDEX_FILE = "index.json"
 FORMAT = "groundup-token-shards"
@@ -495,9 +496,7 @@ class _Progress:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 # ---- load ----------------------------------------------------------------------------------

@@ -27,8 +27,8 @@ from groundup.data.tabular import (
     clean_table,
     count_missing,
     infer_task,
-    load_table,
 )
+from groundup.data.tabular_readers import load_table
 from groundup.errors import ConfigError, DataError, MissingFileError
 from groundup.registry import did_you_mean
 

@@ -75,7 +75,7 @@ def _to_batch(windows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, 
 _MASK64 = (1 << 64) - 1
 
 
-def _mix(x: int) -> int:
+def mix64(x: int) -> int:
     """SplitMix64 finalizer: nearby integers give unrelated 63-bit seeds."""
     x = (x + 0x9E3779B97F4A7C15) & _MASK64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
@@ -129,7 +129,7 @@ class RandomWindows:
 
     def offsets(self, step: int) -> np.ndarray:
         """Start positions (B,) of this rank's windows of batch number `step`."""
-        self._gen.manual_seed(_mix(_mix(_mix(self.seed) ^ self._stream) ^ step))
+        self._gen.manual_seed(mix64(mix64(mix64(self.seed) ^ self._stream) ^ step))
         # high is exclusive: the last start is n - T - 1, whose y ends at the last token
         high = self.n_tokens - self.block_size
         starts = torch.randint(high, (self.global_batch,), generator=self._gen).numpy()

@@ -393,7 +393,7 @@ def _save_model(
     FSDP2 (full fine-tuning only): the sharded weights are gathered onto rank 0 (every rank
     must take part) and loaded into a fresh, plain copy of the task model, which is saved."""
     from groundup import distributed as du
-    from groundup.checkpoint import model_tensors
+    from groundup.checkpoint import in_dtype_of, model_tensors
     from groundup.models.folders import _load_into, build_task_model, save_finetuned
 
     if strategy == "fsdp":
@@ -407,9 +407,7 @@ def _save_model(
             pooling=cfg.base.pooling,
             pretrained=False,
         )
-        floating = [t.dtype for t in tensors.values() if t.is_floating_point()]
-        if floating:  # the trained dtype (fp64 runs stay fp64)
-            model = model.to(floating[0])
+        model = in_dtype_of(model, tensors)
         _load_into(model, tensors, folder)
     if du.rank() == 0:
         save_finetuned(folder, model, base.tokenizer, meta, cfg.method == "lora")

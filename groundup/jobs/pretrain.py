@@ -190,11 +190,6 @@ def _shards_match(meta: dict[str, Any], cfg: PretrainConfig, tokenizer) -> bool:
     )
 
 
-def build_gpt_config(model: dict[str, Any], vocab_size: int):
-    """GPTConfig from the config's `model` mapping: an optional preset plus typed overrides."""
-    return model_config("clm", model, vocab_size)
-
-
 def loop_batches(cfg: PretrainConfig, block_size: int) -> int:
     """grad_accum of one process (see `split_global_batch` for several ranks)."""
     return split_global_batch(cfg, block_size, 1)[1]

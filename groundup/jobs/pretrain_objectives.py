@@ -151,15 +151,12 @@ def build_objective(cfg: Any, tokenizer: Any, model_cfg: Any, seq_len: int) -> O
 
 def _plain_copy(model: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Module:
     """The model to export: itself, or (FSDP2) a fresh copy holding the gathered weights."""
-    from groundup.checkpoint import load_tensors, unwrap
+    from groundup.checkpoint import in_dtype_of, load_tensors, unwrap
 
     plain = unwrap(model)
     if not any(type(p).__name__ == "DTensor" for p in plain.parameters()):
         return plain
-    fresh = type(plain)(plain.config)
-    floating = [t.dtype for t in tensors.values() if t.is_floating_point()]
-    if floating:  # the trained dtype (fp64 runs stay fp64)
-        fresh = fresh.to(floating[0])
+    fresh = in_dtype_of(type(plain)(plain.config), tensors)
     load_tensors(fresh, tensors, "the gathered weights")
     return fresh
 

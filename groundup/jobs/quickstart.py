@@ -21,7 +21,8 @@ from groundup.configs import shipped_config
 from groundup.errors import ConfigError
 from groundup.jobs.export import run_export
 from groundup.jobs.finetune import FinetuneConfig, run_finetune
-from groundup.jobs.pretrain import PretrainConfig, build_gpt_config, run_pretrain
+from groundup.jobs.pretrain import PretrainConfig, run_pretrain
+from groundup.jobs.pretrain_objectives import model_config
 from groundup.jobs.train_tabular import TrainJobConfig, run_train
 
 # What the quickstart changes in each shipped config, in one place: shorter runs, so the whole
@@ -97,7 +98,9 @@ def stage_configs(run_dir: str | Path, overrides: Any = ()) -> dict[str, Any]:
             if stage == "digits":
                 cfg.data.validate()  # dataset or path, and target
             if stage == "gpt":
-                build_gpt_config(cfg.model, 256)  # the model section (256: any vocabulary)
+                model_config(
+                    cfg.objective, cfg.model, 256
+                )  # the model section (256: any vocabulary)
         except ConfigError as exc:
             given = f" (overrides: {' '.join(typed[stage])})" if typed[stage] else ""
             raise ConfigError(

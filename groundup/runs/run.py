@@ -41,6 +41,7 @@ from groundup.errors import (
     ShapeError,
     TokenizerError,
 )
+from groundup.files import write_text_atomic
 from groundup.runs.plan import CHECKPOINTS, CONFIG_FILE, RunPlan
 from groundup.train.callbacks import Callback, ModelCheckpoint
 from groundup.train.run_log import METRICS_FILE
@@ -99,7 +100,7 @@ class Run:
                 (path / name).unlink(missing_ok=True)
         if mode == "resume":
             clean_debris(path / CHECKPOINTS)
-        _write_atomic(path / CONFIG_FILE, yaml.safe_dump(self.plan.config, sort_keys=False))
+        write_text_atomic(path / CONFIG_FILE, yaml.safe_dump(self.plan.config, sort_keys=False))
         return aside, created or mode == "replace"
 
     # ---------------------------------------------------------------- during the run
@@ -131,7 +132,7 @@ class Run:
         """results.json (rank 0), written whole or not at all."""
         target = self.path / RESULTS_FILE
         if du.is_main():
-            _write_atomic(target, json.dumps(results, indent=2))
+            write_text_atomic(target, json.dumps(results, indent=2))
         return target
 
     # ---------------------------------------------------------------- the end
@@ -173,9 +174,3 @@ class _ReleaseReplaced(Callback):
 
     def on_save(self, trainer: Any, path: Path) -> None:
         self.run.release_replaced()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -17,8 +17,8 @@ calling `.item()` on it forces a device sync).
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from groundup.errors import ConfigError, GroundupError
+from groundup.files import write_text_atomic
 
 if TYPE_CHECKING:
     from groundup.train.trainer import Trainer
@@ -352,10 +353,9 @@ class CSVLogger(Callback):
             return
         at = rows[0].index("step")
         kept = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and int(r[at]) <= step]
-        tmp = self.filename.with_name(f".{self.filename.name}.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            csv.writer(fh, delimiter=self.separator).writerows(kept)
-        os.replace(tmp, self.filename)
+        text = io.StringIO(newline="")
+        csv.writer(text, delimiter=self.separator).writerows(kept)
+        write_text_atomic(self.filename, text.getvalue())
         self._keys = rows[0]
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:

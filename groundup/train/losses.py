@@ -113,6 +113,12 @@ class Loss:
     def __call__(self, outputs: Tensor, targets: Tensor, weight: Tensor | None = None) -> Tensor:
         return self.sum(outputs, targets, weight) / self.count(targets)
 
+    def probabilities(self) -> Callable[[Tensor], Tensor] | None:
+        """What turns the outputs this loss reads into what metrics read (None: as they are;
+        a class's argmax is the same on logits). A binary CE on logits: the sigmoid, so a
+        threshold of 0.5 means what it says."""
+        return None
+
     def with_logits(self) -> Loss:
         """A copy that takes logits instead of probabilities (for a fused, stable CE)."""
         if self.expects_activation is None:
@@ -206,6 +212,9 @@ class BinaryCrossentropy(Loss):
     def __init__(self, from_logits: bool = False, label_smoothing: float = 0.0) -> None:
         self.from_logits = bool(from_logits)
         self.label_smoothing = _check_smoothing(self.name, label_smoothing)
+
+    def probabilities(self) -> Callable[[Tensor], Tensor] | None:
+        return torch.sigmoid if self.from_logits else None
 
     def _prepare(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         outputs, targets = _aligned(self.name, outputs, targets)

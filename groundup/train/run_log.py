@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, TextIO
+
+from groundup.files import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -49,9 +50,7 @@ def rewind_records(path: Path, step: int) -> None:
             continue  # a line cut short by the interruption
         if isinstance(record, dict) and record.get("step", 0) <= step:
             kept.append(line + "\n")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(kept))
 
 
 def rate_logs(

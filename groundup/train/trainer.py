@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -39,13 +38,8 @@ import torch
 from torch import nn
 
 from groundup import distributed as dist_utils
-from groundup.checkpoint import (
-    find_latest,
-    load_checkpoint,
-    unwrap,
-)
 from groundup.distributed import data_parallel
-from groundup.errors import ConfigError, TrainingError, TrainingInterrupted
+from groundup.errors import ConfigError, TrainingInterrupted
 from groundup.train.batches import Batch
 from groundup.train.callbacks import Callback, CallbackList, ProgressBar
 from groundup.train.device import (
@@ -58,7 +52,7 @@ from groundup.train.device import (
 from groundup.train.fit_plan import plan_fit
 from groundup.train.history import History
 from groundup.train.loop_config import LoopConfig
-from groundup.train.losses import BinaryCrossentropy, Loss, get_loss
+from groundup.train.losses import Loss, get_loss
 from groundup.train.metrics import Metric, check_metrics_fit_loss, get_metric
 from groundup.train.optim import build_optimizer
 from groundup.train.optim_config import OptimConfig
@@ -68,6 +62,7 @@ from groundup.train.schedules import ConstantSchedule, Schedule, build_schedule
 from groundup.train.stop_signals import install_stop_handlers, restore_handlers
 from groundup.train.trainer_eval import EvaluationMixin
 from groundup.train.trainer_state import CheckpointMixin
+from groundup.train.trainer_step import StepMixin
 
 # resolve_device / resolve_precision were defined here first: importable from here still
 __all__ = [
@@ -80,12 +75,9 @@ __all__ = [
 ]
 
 NAN_POLICIES = ("stop", "skip", "rollback")
-NAN_HINT = (
-    "lower the learning rate, enable clip_grad_norm (e.g. 1.0), or check the data for NaN/inf"
-)
 
 
-class Trainer(CheckpointMixin, EvaluationMixin):
+class Trainer(StepMixin, CheckpointMixin, EvaluationMixin):
     """Trains any `nn.Module` with a loss, an optimizer and an optional LR schedule.
 
     Batches are tuples `(x, y)` or `(x, y, sample_weight)` from any iterable: a
@@ -190,12 +182,8 @@ class Trainer(CheckpointMixin, EvaluationMixin):
         self._forward_fn = forward if forward is not None else (self._ddp or self.model)
         self._forward = self._forward_fn
         self.output_transform = output_transform
-        # what the metrics see: probabilities. A binary cross-entropy on logits thresholds
-        # them at 0.5 only after a sigmoid (predict still returns the model's own outputs).
-        self._metric_transform = output_transform
-        logits = getattr(self.loss_fn, "from_logits", False)
-        if output_transform is None and logits and isinstance(self.loss_fn, BinaryCrossentropy):
-            self._metric_transform = torch.sigmoid
+        # what the metrics see: probabilities (the loss knows when its outputs are logits)
+        self._metric_transform = output_transform or self.loss_fn.probabilities()
         self.regularizer = regularizer
         self.log_every = log_every
         self.verbose = verbose
@@ -280,150 +268,6 @@ class Trainer(CheckpointMixin, EvaluationMixin):
             return batch
         non_blocking = self.device.type == "cuda"
         return tuple(t.to(self.device, non_blocking=non_blocking) for t in batch)
-
-    # ---------------------------------------------------------------- the step
-    def compute_loss(
-        self, batch: Batch, reduction: str = "mean"
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward one batch and return `(loss, outputs)`. Override for custom models.
-
-        `reduction="sum"` returns the loss summed over the items `loss_fn.count` counts
-        (the trainer divides by the step's total count when accumulating gradients).
-        """
-        x, y = batch[0], batch[1]
-        weight = batch[2] if len(batch) > 2 else None
-        outputs = self._forward(x)
-        if reduction == "sum":
-            loss = self.loss_fn.sum(outputs, y, weight)
-        else:
-            loss = self.loss_fn(outputs, y, weight)
-        if self.regularizer is not None:
-            penalty = self.regularizer()
-            if penalty is not None:
-                # the penalty belongs once per step: scale it by this micro-batch's share
-                loss = loss + (penalty * self._micro_share if reduction == "sum" else penalty)
-        return loss, outputs
-
-    def train_step(self, micro_batches: list[Batch]) -> torch.Tensor:
-        """One optimizer step over `micro_batches`; returns the step's mean loss (a tensor)."""
-        optimizer = self.optimizer
-        if self.world_size > 1:
-            step_loss = self._distributed_backward(micro_batches)
-        elif len(micro_batches) == 1:
-            batch = micro_batches[0]
-            with self._autocast():
-                loss, outputs = self.compute_loss(batch)
-            loss.backward()
-            self._update_metrics(outputs, batch[1])
-            step_loss = loss.detach()
-        else:
-            counts = [self.loss_fn.count(b[1]) for b in micro_batches]
-            total = sum(counts)
-            step_loss = torch.zeros((), dtype=self._loss_dtype, device=self.device)
-            for batch, count in zip(micro_batches, counts):
-                self._micro_share = count * 1.0
-                with self._autocast():
-                    loss_sum, outputs = self.compute_loss(batch, reduction="sum")
-                    loss = loss_sum / total
-                loss.backward()
-                self._update_metrics(outputs, batch[1])
-                step_loss += loss.detach()
-        norm = None
-        if self.clip_grad_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
-            if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor holding the global norm
-                norm = norm.full_tensor()
-        self._step_skipped = False
-        if self._check_every_step and not self._finite(step_loss, norm):
-            optimizer.zero_grad(set_to_none=True)
-            self._on_nonfinite(step_loss, norm, before_update=True)
-            return step_loss
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return step_loss
-
-    def _distributed_backward(self, micro_batches: list[Batch]) -> torch.Tensor:
-        """Forward/backward over several ranks; returns the global step loss (all ranks equal)."""
-        counts = [self.loss_fn.count(b[1]) for b in micro_batches]
-        total = data_parallel.global_item_count(counts, self.device)
-        step_loss = torch.zeros((), dtype=self._loss_dtype, device=self.device)
-        last = len(micro_batches) - 1
-        for i, (batch, count) in enumerate(zip(micro_batches, counts)):
-            with data_parallel.micro_batch_sync(self.model, self._ddp, i, last):
-                self._micro_share = count * 1.0
-                with self._autocast():
-                    loss_sum, outputs = self.compute_loss(batch, reduction="sum")
-                    loss = loss_sum / total
-                # DDP/FSDP average the ranks' gradients; the count is global, so sum them
-                (loss * self.world_size).backward()
-            self._update_metrics(outputs, batch[1])
-            step_loss += loss.detach()
-        step_loss, self._stop_flag = data_parallel.agree_loss_and_signal(
-            step_loss, self._signal, self.device
-        )
-        return step_loss
-
-    def _agree_on_stop(self) -> None:
-        """Several ranks: stop together when any rank got SIGINT/SIGTERM (one step late at most
-        on the CPU; at the next log step on GPUs, where reading the flag costs a sync)."""
-        if self._stop_flag is None:
-            return
-        if self._check_every_step or self.step % self.log_every == 0:
-            if float(self._stop_flag) > 0:
-                self._signal = self._signal or signal.SIGTERM
-                self.stop_training = True
-
-    @property
-    def _check_every_step(self) -> bool:
-        # CPU: reading a scalar is free. Accelerators: only "skip" syncs per step (module doc).
-        return self.device.type == "cpu" or self.nan_policy == "skip"
-
-    @staticmethod
-    def _finite(loss: torch.Tensor, norm: torch.Tensor | None) -> bool:
-        ok = torch.isfinite(loss)
-        if norm is not None:
-            ok = ok & torch.isfinite(norm)
-        return bool(ok)
-
-    def _on_nonfinite(
-        self, loss: torch.Tensor | float, norm: torch.Tensor | None, before_update: bool
-    ) -> None:
-        """Apply `nan_policy` to a step whose loss or gradient norm is not finite."""
-        step = self.step + 1 if before_update else self.step
-        loss_v = float(loss)
-        what = f"loss {loss_v}" if not math.isfinite(loss_v) else f"gradient norm {float(norm)}"
-        if self.nan_policy == "skip":
-            self.skipped_steps += 1
-            self._step_skipped = True
-            return
-        if self.nan_policy == "rollback" and self.run_dir is not None:
-            latest = find_latest(self.run_dir / "checkpoints")
-            if latest is not None:
-                # model and optimizer go back; counters and the data position move on
-                load_checkpoint(latest, unwrap(self.model), self.optimizer, restore_rng_state=False)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.rollbacks += 1
-                self.skipped_steps += 1
-                self._step_skipped = True
-                self.log_message(f"non-finite {what} at step {step}: rolled back to {latest}")
-                return
-        saved = ""
-        # only a check before the update leaves finite weights worth saving
-        if before_update and self.run_dir is not None:
-            saved = f"; checkpoint saved in {self.save_step_checkpoint()}"
-        raise TrainingError(
-            f"non-finite {what} at step {step} (nan_policy={self.nan_policy}){saved}; "
-            f"{NAN_HINT}; or set train.nan_policy to skip or rollback"
-        )
-
-    def _update_metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
-        if not self.metrics:
-            return
-        outputs = outputs.detach()
-        if self._metric_transform is not None:
-            outputs = self._metric_transform(outputs)
-        for metric in self.metrics:
-            metric.update(outputs, targets)
 
     # ---------------------------------------------------------------- fit
     def fit(
