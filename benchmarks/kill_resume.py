@@ -35,7 +35,8 @@ LAUNCH = (
     "import sys, groundup.train.hardware as h; h.measured_peak_flops = lambda *a, **k: 1e12; "
     "from groundup.cli import main; sys.exit(main(sys.argv[1:]))"
 )
-TIMING = ("tokens_per_s", "samples_per_s", "mfu")
+# clock figures differ run to run (groundup.train.run_log.TIMING_KEYS)
+TIMING = ("tokens_per_s", "samples_per_s", "mfu", "time_s", "data_wait")
 
 
 def write_configs(folder: Path) -> dict[str, dict]:

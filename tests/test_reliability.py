@@ -25,6 +25,7 @@ from torch import nn
 import groundup as gu
 from groundup.checkpoint import find_latest, save_step_checkpoint
 from groundup.errors import CheckpointError, TrainingError, TrainingInterrupted
+from groundup.train.run_log import TIMING_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -83,7 +84,7 @@ def at_step(run: Path, step: int):
     return lambda: any(r["step"] >= step for r in train_records(run))
 
 
-TIMING = ("tokens_per_s", "samples_per_s", "mfu")  # wall-clock figures: differ run to run
+TIMING = TIMING_KEYS  # wall-clock figures: differ run to run
 
 
 def log_records(run: Path) -> list[dict]:

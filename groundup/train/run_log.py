@@ -10,6 +10,8 @@ from typing import Any, TextIO
 from groundup.files import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
+# record keys measured on the clock: they differ from run to run (and after a resume)
+TIMING_KEYS = ("tokens_per_s", "samples_per_s", "mfu", "time_s", "data_wait")
 
 
 class MetricsLog:
@@ -76,3 +78,9 @@ def rate_logs(
         peak = peak_flops * world_size
         logs["mfu"] = items * flops_per_sample / elapsed / peak
     return logs
+
+
+def append_record(run_dir: Path, record: dict[str, Any]) -> None:
+    """One record added to a finished fit's metrics.jsonl (a generated sample, say)."""
+    with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")

@@ -219,6 +219,11 @@ class Trainer(StepMixin, CheckpointMixin, EvaluationMixin):
         self._unsynced_noted = False  # several ranks: the note on uncombinable metrics is out
         self._running = RunningLogs()  # epoch and log-window sums (saved in checkpoints)
         self._window_start = time.perf_counter()
+        self._window_data_time = 0.0  # seconds of the log window spent waiting for batches
+        self._time_before_fit = 0.0  # training wall time of earlier fits (and before a resume)
+        self._fit_started: float | None = None
+        self.last_eval_items: int | None = None  # loss items of the last evaluation
+        self._log_grad_norm: torch.Tensor | None = None  # the norm of the step a record shows
         self._save_requests: list[tuple[Path, bool, int | None]] = []  # see request_save
         self._saved_path: Path | None = None  # the step checkpoint saved at this step
         self._evaluated_step: int | None = None  # the step of the last evaluation
@@ -315,6 +320,7 @@ class Trainer(StepMixin, CheckpointMixin, EvaluationMixin):
             self.start_epoch = self.epoch
             self._running = RunningLogs()
         self.schedule = build_schedule(self.schedule_spec, self.total_steps)
+        self._fit_started = time.perf_counter()
         if self.compile and self._forward is self._forward_fn:
             self._forward = torch.compile(self._forward_fn)
 
@@ -343,7 +349,14 @@ class Trainer(StepMixin, CheckpointMixin, EvaluationMixin):
             restore_handlers(previous)
             callbacks.call("on_train_end", self)
             self._metrics_log.close()
+            self._time_before_fit, self._fit_started = self.train_time(), None
         return self.history
+
+    def train_time(self) -> float:
+        """Wall seconds spent in fit() over the whole run (earlier fits and the time before a
+        resume included): the `time_s` of each record."""
+        running = time.perf_counter() - self._fit_started if self._fit_started else 0.0
+        return self._time_before_fit + running
 
     def _on_stop_signal(self, signum: int, frame: Any) -> None:
         """SIGINT/SIGTERM during fit(): stop at the next step boundary (fit saves, then raises)."""
@@ -385,7 +398,9 @@ class Trainer(StepMixin, CheckpointMixin, EvaluationMixin):
             self._window_start = time.perf_counter()
             iterator: Iterator[Batch] = iter(train)
             micro: list[Batch] = []
+            asked = time.perf_counter()  # when the loop asked the data for its next batch
             for batch in iterator:
+                self._window_data_time += time.perf_counter() - asked
                 micro.append(self._to_device(batch))
                 if len(micro) < accum:
                     continue
@@ -407,6 +422,7 @@ class Trainer(StepMixin, CheckpointMixin, EvaluationMixin):
                     schedule.apply(self.optimizer, self.step)
                 if self._end_step(callbacks, cadence, iterator):
                     break
+                asked = time.perf_counter()
             if self._signal is not None:
                 break  # interrupted: no epoch-end evaluation, fit() saves and raises
             if self.steps_per_epoch is None:  # an iterable without len() ran out
@@ -453,7 +469,8 @@ class Trainer(StepMixin, CheckpointMixin, EvaluationMixin):
             callbacks.call("on_eval_end", self, logs)
         callbacks.call("on_epoch_end", self, self.epoch, logs)
         self.history.record(self.epoch, self.step, logs)
-        self._write_metrics({"event": "epoch", "epoch": self.epoch, "step": self.step, **logs})
+        record = {"event": "epoch", "epoch": self.epoch, "step": self.step, **logs}
+        self._write_metrics({**record, **self._progress_fields(with_val="val_loss" in logs)})
         self.model.train()
 
     def _epoch_logs(self) -> dict[str, float]:
@@ -485,18 +502,22 @@ class Trainer(StepMixin, CheckpointMixin, EvaluationMixin):
         logs = self.evaluate(cadence.val, max_batches=cadence.eval_batches, prefix="val_")
         self._evaluated_step = self.step
         self.history.record(self.epoch, self.step, logs)
-        self._write_metrics({"event": "eval", "step": self.step, **logs})
+        self._write_metrics({"event": "eval", "step": self.step, **logs, **self._progress_fields()})
         callbacks.call("on_eval_end", self, logs)
 
     def _log_train(self, callbacks: CallbackList) -> None:
         losses, items = self._running.take_window()
         now = time.perf_counter()
         elapsed = max(now - self._window_start, 1e-9)
-        self._window_start = now
+        data_wait = min(self._window_data_time / elapsed, 1.0)
+        self._window_start, self._window_data_time = now, 0.0
         loss = float(torch.stack(losses).double().mean()) if losses else math.nan
         if losses and not math.isfinite(loss) and not self._check_every_step:
             self._on_nonfinite(loss, None, before_update=False)  # CUDA: checked at log steps
         logs: dict[str, float] = {"loss": loss, "lr": self.optimizer.param_groups[0]["lr"]}
+        if self._log_grad_norm is not None:
+            logs["grad_norm"] = float(self._log_grad_norm)
+            self._log_grad_norm = None
         if self.skipped_steps:
             logs["skipped_steps"] = self.skipped_steps
         logs.update(
@@ -510,10 +531,23 @@ class Trainer(StepMixin, CheckpointMixin, EvaluationMixin):
                 peak_flops=self.peak_flops,
             )
         )
+        logs["data_wait"] = data_wait
         callbacks.call("on_log", self, logs)
-        self._write_metrics({"event": "train", "step": self.step, "epoch": self.epoch, **logs})
+        record = {"event": "train", "step": self.step, "epoch": self.epoch, **logs}
+        self._write_metrics({**record, **self._progress_fields(with_val=False)})
 
     # ---------------------------------------------------------------- logging
+    def _progress_fields(self, with_val: bool = True) -> dict[str, Any]:
+        """Where the run stands, for a record: wall time, samples and tokens seen, and the
+        size of the validation estimate (its loss items) when the record has one."""
+        fields: dict[str, Any] = {"time_s": round(self.train_time(), 3)}
+        fields["samples"] = self.samples_seen
+        if self.tokens_seen:
+            fields["tokens"] = self.tokens_seen
+        if with_val and self.last_eval_items is not None:
+            fields["val_items"] = self.last_eval_items
+        return fields
+
     def _write_metrics(self, record: dict[str, Any]) -> None:
         self._metrics_log.write(record)
 

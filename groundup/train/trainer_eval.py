@@ -56,6 +56,7 @@ class EvaluationMixin:
                 for m in metrics:
                     m.update(out, y)
         self.model.train(was_training)
+        self.last_eval_items = count
         if count == 0:
             return {}
         logs = {f"{prefix}loss": float(total / count)}
@@ -84,6 +85,7 @@ class EvaluationMixin:
         dist_utils.all_reduce_sum(sums)
         self.model.train(was_training)
         total, count = float(sums[0]), float(sums[1])
+        self.last_eval_items = int(count)
         if count == 0:
             return {}
         logs = {f"{prefix}loss": total / count}

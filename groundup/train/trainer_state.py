@@ -36,6 +36,7 @@ class CheckpointMixin:
             "step_in_epoch": self.step_in_epoch,
             "samples_seen": self.samples_seen,
             "tokens_seen": self.tokens_seen,
+            "train_time_s": self.train_time(),
             "skipped_steps": self.skipped_steps,
             "rollbacks": self.rollbacks,
             "running": self._running.state_dict(self._metrics_of_all_ranks()),
@@ -132,6 +133,7 @@ class CheckpointMixin:
         self.step_in_epoch = int(state.get("step_in_epoch", 0))
         self.samples_seen = int(state.get("samples_seen", 0))
         self.tokens_seen = int(state.get("tokens_seen", 0))
+        self._time_before_fit = float(state.get("train_time_s", 0.0))
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.rollbacks = int(state.get("rollbacks", 0))
         self._running = RunningLogs()

@@ -73,10 +73,15 @@ class StepMixin:
                 self._update_metrics(outputs, batch[1])
                 step_loss += loss.detach()
         norm = None
-        if self.clip_grad_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        logged = (self.step + 1) % self.log_every == 0  # the train record shows its norm
+        if self.clip_grad_norm is not None or logged:
+            norm = self._grad_norm()
             if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor holding the global norm
                 norm = norm.full_tensor()
+            if logged:
+                self._log_grad_norm = norm.detach()
+            if self.clip_grad_norm is None:
+                norm = None  # measured for the record only: the NaN policy looks at the loss
         self._step_skipped = False
         if self._check_every_step and not self._finite(step_loss, norm):
             optimizer.zero_grad(set_to_none=True)
@@ -85,6 +90,17 @@ class StepMixin:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return step_loss
+
+    def _grad_norm(self) -> torch.Tensor:
+        """The global gradient norm, clipped to `clip_grad_norm` when that is set; otherwise
+        measured only (for the train record), leaving the gradients as they are."""
+        params = self.model.parameters()
+        if self.clip_grad_norm is not None:
+            return torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+        total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+        if total_norm is None:
+            return torch.nn.utils.clip_grad_norm_(params, math.inf)  # scales by 1: unchanged
+        return total_norm([p.grad for p in params if p.grad is not None])
 
     def _distributed_backward(self, micro_batches: list[Batch]) -> torch.Tensor:
         """Forward/backward over several ranks; returns the global step loss (all ranks equal)."""
