@@ -149,6 +149,12 @@ def _generate(args: argparse.Namespace) -> None:
     run_generate(args.run, sample, device=args.device, allow_pickle=args.allow_pickle)
 
 
+def _report(args: argparse.Namespace) -> None:
+    from groundup.jobs.report import run_report
+
+    run_report(args.runs, args.out)
+
+
 def _config(args: argparse.Namespace) -> None:
     from groundup.config_reference import default_yaml, reference
 
@@ -253,6 +259,16 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_report_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders (several: compared)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="the HTML file (default: RUN/report.html for one run, ./compare-report.html for "
+        "several)",
+    )
+
+
 def _add_config_only(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config file (see configs/)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.source=my.txt")
@@ -291,6 +307,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "evaluate": ("score a trained model on a data file", _add_evaluate_args, _evaluate),
     "generate": ("generate text from a pretrained model", _add_generate_args, _generate),
     "export": ("export a model to the Hugging Face format", _add_export_args, _export),
+    "report": (
+        "write a run's HTML report (curves, diagnosis), or compare several runs",
+        _add_report_args,
+        _report,
+    ),
     "config": (
         "show a command's config reference, or print its defaults as YAML",
         _add_config_reference_args,

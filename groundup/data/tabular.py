@@ -151,6 +151,9 @@ class CleaningReport:
     constant_columns: list[str] = field(default_factory=list)
     values_imputed: int = 0
     imputed_columns: dict[str, int] = field(default_factory=dict)
+    # text columns turned into numbers: column -> the model's columns it became (one-hot), or 1
+    encoded_columns: dict[str, int] = field(default_factory=dict)
+    encoding: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, list) else v) for k, v in self.__dict__.items()}
@@ -168,6 +171,9 @@ class CleaningReport:
                 parts.append(f"{n} {label}")
         if self.constant_columns:
             parts.append(f"constant columns dropped: {', '.join(self.constant_columns)}")
+        if self.encoded_columns:
+            shown = ", ".join(f"{c} -> {n}" for c, n in self.encoded_columns.items())
+            parts.append(f"{self.encoding}-encoded: {shown}")
         return "; ".join(parts)
 
 

@@ -321,6 +321,11 @@ def prepare_tabular(cfg: TabularDataConfig) -> TabularData:
         parts = {k: imputer.transform(v) for k, v in parts.items()}
 
     encoder = CategoricalEncoder(cfg.categorical, cfg.unseen_category).fit(parts["train"])
+    report.encoding = cfg.categorical
+    report.encoded_columns = {
+        col: len(cats) if cfg.categorical == "onehot" else 1
+        for col, cats in encoder.categories_.items()
+    }
     mats = {k: encoder.transform(v) for k, v in parts.items()}
     for name, mat in mats.items():
         _check_finite(mat, encoder.feature_names_, f"x_{name}")

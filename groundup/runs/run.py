@@ -18,6 +18,8 @@ What each plan does to the folder:
   again (a resume may raise train.max_steps or train.epochs).
 A folder the run created is removed again when a user error (bad data found while reading it)
 stops the run before its first checkpoint, so the corrected command starts clean.
+Every run ends (finished, interrupted or failed) with `report.html` in its folder and the
+diagnosis's warnings on the console (GROUNDUP_REPORT=0 turns both off).
 Under several ranks only rank 0 touches the folder; the others wait for it.
 """
 
@@ -42,11 +44,13 @@ from groundup.errors import (
     TokenizerError,
 )
 from groundup.files import write_text_atomic
+from groundup.runs import hooks
 from groundup.runs.plan import CHECKPOINTS, CONFIG_FILE, RunPlan
 from groundup.train.callbacks import Callback, ModelCheckpoint
 from groundup.train.run_log import METRICS_FILE
 
 RESULTS_FILE = "results.json"
+REPORT_ENV = "GROUNDUP_REPORT"  # "0": runs end without report.html and diagnosis (test suites)
 # the mistakes in a user's input that a run can only find while reading its data; never an
 # interrupt or a training failure, whose logs are the user's evidence
 INPUT_ERRORS = (ConfigError, DataError, MissingFileError, ShapeError, TokenizerError)
@@ -63,11 +67,14 @@ class Run:
         self._aside: Path | None = None  # the replaced run, until the new one is safe
         self._created = False  # this run made the folder (it did not exist before)
         self._saved = False  # a checkpoint has been saved
+        self.verbose = 1  # 0: no diagnosis or report line on the console
+        self._restored = False  # the new run failed early and the replaced one is back
 
     @classmethod
-    def begin(cls, plan: RunPlan) -> Run:
+    def begin(cls, plan: RunPlan, verbose: int = 1) -> Run:
         """Make the folder what `plan` says (rank 0; the other ranks wait for it)."""
         run = cls(plan)
+        run.verbose = verbose
         run._aside, run._created = du.main_first(run._prepare_folder)
         return run
 
@@ -119,7 +126,7 @@ class Run:
             every_n_steps=every_n_steps,
             keep_last=keep_last,
         )
-        return [checkpoint, _ReleaseReplaced(self)]
+        return [checkpoint, _ReleaseReplaced(self), *hooks.extra_callbacks()]
 
     def release_replaced(self) -> None:
         """Delete the run this one replaced (from rank 0, once this one has a checkpoint)."""
@@ -145,6 +152,33 @@ class Run:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._settle(kind)
+        if du.is_main() and self.path.is_dir() and not self._restored and reports_enabled():
+            self._report(interrupted=kind is not None)
+
+    def _report(self, interrupted: bool) -> None:
+        """report.html in the folder (a finished, interrupted or failed run alike) and, on the
+        console, what the diagnosis warns about; neither may turn a run into a failure."""
+        from groundup.report.build import write_run_report
+
+        written = write_run_report(self.path)
+        if not self.verbose:
+            return
+        try:
+            from groundup.report import diagnose_run, format_findings
+
+            warnings = [f for f in diagnose_run(self.path) if f.severity == "warning"]
+        except Exception as e:  # noqa: BLE001 - a finished run stays finished
+            print(f"(no diagnosis: {e})", flush=True)
+            warnings = []
+        block = format_findings(warnings)
+        if block:
+            print(block, flush=True)
+        if written is not None:
+            print(f"report: {written}", flush=True)
+
+    def _settle(self, kind: type[BaseException] | None) -> None:
+        """What the folder keeps: the new run once it is safe, else the replaced one."""
         if kind is None:
             self.release_replaced()
             return
@@ -160,6 +194,7 @@ class Run:
             self._aside.rename(self.path)
             shutil.rmtree(failed, ignore_errors=True)
             self._aside = None
+            self._restored = True
         elif self._created and issubclass(kind, INPUT_ERRORS):
             # bad data found while reading it (a JSONL row without the field, say): a folder
             # this run made and never saved into is not left behind to block the fixed command
@@ -174,3 +209,8 @@ class _ReleaseReplaced(Callback):
 
     def on_save(self, trainer: Any, path: Path) -> None:
         self.run.release_replaced()
+
+
+def reports_enabled() -> bool:
+    """Whether runs end with report.html and the console diagnosis (GROUNDUP_REPORT=0: not)."""
+    return os.environ.get(REPORT_ENV, "1") != "0"
