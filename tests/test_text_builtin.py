@@ -167,3 +167,20 @@ def test_stdlib_qa_pairs_are_stable_disjoint_and_named() -> None:
     assert "JSON" in row["response"]
     with pytest.raises(ConfigError, match="did you mean 'stdlib-qa'"):
         load_sft_dataset("stdlib-q")
+
+
+def test_methods_a_library_patches_into_stdlib_classes_are_left_out(monkeypatch):
+    """transformers adds `logging.Logger.warning_once` when imported: the dataset must be what
+    the standard library holds, whatever else the process imported before."""
+    import logging
+
+    from groundup.data.text_builtin import collect_stdlib_docstrings
+
+    before = collect_stdlib_docstrings()
+
+    def warning_twice(self, msg):
+        """Log a warning, then log it a second time for emphasis, every single time it is called."""
+
+    warning_twice.__module__ = "somelibrary.logging_utils"
+    monkeypatch.setattr(logging.Logger, "warning_twice", warning_twice, raising=False)
+    assert collect_stdlib_docstrings() == before

@@ -158,8 +158,17 @@ def _members(owner: object, keep: Callable[[object], bool]) -> Iterator[object]:
         yield obj
         if inspect.isclass(obj):  # trap: only a kept class's members (not `str` re-exported)
             for attr, value in sorted(vars(obj).items()):
-                if attr == "__init__" or not attr.startswith("_"):
+                if (attr == "__init__" or not attr.startswith("_")) and _from_stdlib(value):
                     yield value
+
+
+def _from_stdlib(obj: object) -> bool:
+    """False for a method a library patched into a stdlib class (transformers adds
+    `logging.Logger.warning_once` when imported): the data must not depend on what else the
+    process imported."""
+    target = obj.__func__ if isinstance(obj, (classmethod, staticmethod)) else obj
+    home = getattr(target, "__module__", None)
+    return not isinstance(home, str) or home.split(".")[0] in sys.stdlib_module_names
 
 
 def _at_home(obj: object, modname: str, label: str, module_label: dict[str, str]) -> bool:
