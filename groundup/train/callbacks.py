@@ -28,6 +28,7 @@ import torch
 
 from groundup.errors import ConfigError, GroundupError
 from groundup.files import write_text_atomic
+from groundup.train.console import format_figures, format_line
 
 if TYPE_CHECKING:
     from groundup.train.trainer import Trainer
@@ -327,7 +328,7 @@ class LearningRateMonitor(Callback):
 
 
 class CSVLogger(Callback):
-    """One CSV row per epoch (or per evaluation in step-based runs)."""
+    """One CSV row per epoch (Keras's CSVLogger); `groundup train` writes history.csv with it."""
 
     def __init__(self, filename: str | Path, separator: str = ",", append: bool = False) -> None:
         self.filename = Path(filename)
@@ -375,6 +376,12 @@ class CSVLogger(Callback):
 class ProgressBar(Callback):
     """A rich progress bar on a terminal; plain log lines when the output is not a terminal.
 
+    The bar shows step/total, the loss, the learning rate, the throughput of the last train
+    record (tokens/s or samples/s), the elapsed time and an ETA (rich estimates the speed over
+    the last 30 seconds, so a slow step or an evaluation does not swing it). Plain lines round
+    each figure (`loss 1.2345 - lr 2.0e-03 - tok/s 6.02k - mfu 24.1%`); metrics.jsonl keeps the
+    full values.
+
     verbose: 1 = bar (or a line every `log_every` steps when not a terminal), 2 = one line
     per epoch. The bar refreshes at most 10 times a second, so the per-step cost is a clock read.
     """
@@ -385,12 +392,14 @@ class ProgressBar(Callback):
         self._progress: Any = None
         self._task: Any = None
         self._next_refresh = 0.0
+        self._rate: dict[str, float] = {}  # the throughput of the last train record
 
     @property
     def interactive(self) -> bool:
         return self.verbose == 1 and hasattr(self.stream, "isatty") and self.stream.isatty()
 
     def on_train_begin(self, trainer: Trainer) -> None:
+        self._rate = {}
         if self.interactive:
             from rich.console import Console
             from rich.progress import (
@@ -398,6 +407,7 @@ class ProgressBar(Callback):
                 MofNCompleteColumn,
                 Progress,
                 TextColumn,
+                TimeElapsedColumn,
                 TimeRemainingColumn,
             )
 
@@ -405,9 +415,11 @@ class ProgressBar(Callback):
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}", markup=False),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
                 TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-                console=Console(file=self.stream),
+                console=Console(file=self.stream, force_terminal=True),
                 transient=False,
             )
             self._progress.start()
@@ -422,7 +434,8 @@ class ProgressBar(Callback):
             )
             if self._task is not None:
                 self._progress.remove_task(self._task)
-            self._task = self._progress.add_task(label, total=total, info="")
+            done = trainer.step_in_epoch if trainer.steps_per_epoch else trainer.step
+            self._task = self._progress.add_task(label, total=total, completed=done, info="")
 
     def on_step_end(self, trainer: Trainer, step: int) -> None:
         if self._progress is None:
@@ -431,22 +444,31 @@ class ProgressBar(Callback):
         if now < self._next_refresh:
             return
         self._next_refresh = now + 0.1
+        self._refresh(trainer)
+
+    def _refresh(self, trainer: Trainer) -> None:
         done = trainer.step_in_epoch if trainer.steps_per_epoch else trainer.step
-        self._progress.update(
-            self._task, completed=done, info=f"loss {trainer.last_loss.item():.4f}"
-        )
+        figures = {
+            "loss": float(trainer.last_loss.item()),  # a device sync, at most 10 times a second
+            "lr": float(trainer.optimizer.param_groups[0]["lr"]),
+            **self._rate,
+        }
+        self._progress.update(self._task, completed=done, info=format_figures(figures))
 
     def on_log(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        self._rate = {k: logs[k] for k in ("tokens_per_s", "samples_per_s") if k in logs}
+        if self._progress is not None:
+            self._refresh(trainer)
         # Without a terminal, step-based runs (pretraining) print a line per log interval;
         # epoch-based runs print one line per epoch instead.
-        if self.verbose == 1 and self._progress is None and trainer.steps_per_epoch is None:
-            print(_format_line(f"step {trainer.step}", logs), file=self.stream, flush=True)
+        elif self.verbose == 1 and trainer.steps_per_epoch is None:
+            print(format_line(_step_label(trainer), logs), file=self.stream, flush=True)
 
     def on_eval_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         if trainer.steps_per_epoch is None and self.verbose:  # step-based run: show evals
-            line = _format_line(f"step {trainer.step}", logs)
+            line = format_line(_step_label(trainer), logs)
             if self._progress is not None:
-                self._progress.console.print(line)
+                self._progress.console.print(line, markup=False, highlight=False)
             else:
                 print(line, file=self.stream, flush=True)
 
@@ -458,10 +480,10 @@ class ProgressBar(Callback):
             if trainer.epochs
             else f"epoch {epoch + 1}"
         )
-        line = _format_line(label, logs)
+        line = format_line(label, logs)
         if self._progress is not None:
-            self._progress.update(self._task, completed=trainer.steps_per_epoch, info="")
-            self._progress.console.print(line)
+            self._progress.update(self._task, completed=trainer.steps_per_epoch)
+            self._progress.console.print(line, markup=False, highlight=False)
         else:
             print(line, file=self.stream, flush=True)
 
@@ -472,16 +494,20 @@ class ProgressBar(Callback):
             self._task = None
 
 
-def _format_line(prefix: str, logs: dict[str, float]) -> str:
-    parts = [prefix]
-    for key, value in logs.items():
-        if key in ("epoch", "step"):
-            continue
-        if isinstance(value, float):
-            text = (
-                f"{value:.4g}" if (abs(value) >= 1e4 or 0 < abs(value) < 1e-3) else f"{value:.4f}"
-            )
-            parts.append(f"{key} {text}")
-        elif isinstance(value, int):
-            parts.append(f"{key} {value}")
-    return " - ".join(parts)
+def _step_label(trainer: Trainer) -> str:
+    total = f"/{trainer.total_steps}" if trainer.total_steps else ""
+    return f"step {trainer.step}{total}"
+
+
+# defined in groundup.train.loggers (which imports this module), reachable from here
+_LOGGER_CLASSES = ("TensorBoard", "TensorBoardLogger", "WandbLogger", "MLflowLogger", "MetricsCSV")
+
+
+def __getattr__(name: str) -> Any:
+    """`gu.callbacks.TensorBoard` (and the other loggers) live in groundup.train.loggers, which
+    imports this module: they are looked up here on first use."""
+    if name in _LOGGER_CLASSES:
+        from groundup.train import loggers
+
+        return getattr(loggers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

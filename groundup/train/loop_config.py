@@ -9,10 +9,11 @@ when the config is loaded, so a mistake is one line before any work starts.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from groundup.config import check
+from groundup.train.loggers import check_loggers
 
 NanPolicy = Literal["stop", "skip", "rollback"]
 Precision = Literal["auto", "fp32", "bf16", "fp16", "fp64"]
@@ -35,6 +36,11 @@ class LoopConfig:
     precision: Precision = "fp32"  # auto: bf16 where the device has it; fp64 for numerics
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     compile: bool = False  # torch.compile the model's forward
+    check_memory: bool = (
+        True  # refuse a run whose predicted peak memory exceeds the device's free memory
+    )
+    # tensorboard, wandb, mlflow, csv, jsonl (metrics.jsonl is always written); see docs/loggers.md
+    loggers: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "grad_accum", "log_every"):
@@ -52,6 +58,7 @@ class LoopConfig:
             self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
             f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
         )
+        self.loggers = check_loggers(self.loggers)  # names, and their packages installed
 
     def fit_options(self) -> dict[str, Any]:
         """The keyword arguments of `Trainer.fit` this section decides."""
