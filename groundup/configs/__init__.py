@@ -15,7 +15,8 @@ from groundup.registry import did_you_mean
 _HERE = Path(__file__).resolve().parent
 
 # every shipped config, by file name; which command reads it follows from the prefix
-# (pretrain-*: groundup pretrain, finetune-*: groundup finetune, the rest: groundup train)
+# (pretrain-*: groundup pretrain, finetune-*: groundup finetune, sweep-*: a search space for
+# groundup sweep --space, the rest: groundup train)
 SHIPPED: tuple[str, ...] = tuple(sorted(p.name for p in _HERE.glob("*.yaml")))
 
 
