@@ -155,6 +155,54 @@ def _report(args: argparse.Namespace) -> None:
     run_report(args.runs, args.out)
 
 
+def _lr_find(args: argparse.Namespace) -> int | None:
+    from groundup.jobs.lr_find import check_launch, run_lr_find
+
+    if args.nproc is not None:
+        from groundup.distributed import launch_torchrun
+
+        check_launch(args.config, args.overrides, args.cmd)
+        return launch_torchrun(args.argv, args.nproc)
+    run_lr_find(
+        args.config,
+        args.overrides,
+        min_lr=args.min_lr,
+        max_lr=args.max_lr,
+        num_steps=args.steps,
+        command=args.cmd,
+    )
+    return None
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from groundup.jobs.sweep import run_sweep
+
+    run_sweep(
+        args.config,
+        args.overrides,
+        args.space,
+        args.trials,
+        args.pruner,
+        sweep_dir=args.out,
+        seed=args.seed,
+        command=args.cmd,
+        report=not args.no_report,
+    )
+
+
+def _estimate(args: argparse.Namespace) -> None:
+    from groundup.jobs.estimate import run_estimate
+
+    run_estimate(
+        args.config,
+        args.overrides,
+        command=args.cmd,
+        world_size=args.nproc,
+        steps=args.steps,
+        timing=not args.no_timing,
+    )
+
+
 def _config(args: argparse.Namespace) -> None:
     from groundup.config_reference import default_yaml, reference
 
@@ -269,6 +317,76 @@ def _add_report_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_command_arg(parser: argparse.ArgumentParser) -> None:
+    # dest "cmd": "command" is the subcommand's own dest
+    parser.add_argument(
+        "--command",
+        dest="cmd",
+        choices=["train", "pretrain", "finetune"],
+        default=None,
+        help="the config's command, when its keys do not tell",
+    )
+
+
+def _add_lr_find_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config of groundup train, pretrain or finetune")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.batch_size=64")
+    parser.add_argument("--min-lr", type=float, default=1e-7, help="the first step's LR")
+    parser.add_argument("--max-lr", type=float, default=10.0, help="the last step's LR")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps of the test")
+    _add_command_arg(parser)
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        help="start torchrun with N processes on this machine (pretrain, finetune)",
+    )
+
+
+def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
+    from groundup.sweep.study import PRUNERS
+
+    parser.add_argument("config", help="YAML config of groundup train, pretrain or finetune")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides for every trial")
+    parser.add_argument(
+        "--space",
+        required=True,
+        help="YAML search space of dotted keys, e.g. 'optim.lr: {log_uniform: [1.0e-4, 1.0e-2]}'",
+    )
+    parser.add_argument(
+        "--trials", type=int, default=12, help="trials to finish (a rerun goes on to N)"
+    )
+    parser.add_argument(
+        "--pruner", choices=PRUNERS, default="median", help="stop weak trials early by val_loss"
+    )
+    parser.add_argument("--out", default=None, help="the sweep folder (default <run_dir>-sweep)")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="the sampler's seed (default: the config's)"
+    )
+    parser.add_argument("--no-report", action="store_true", help="skip the trials' report.html")
+    _add_command_arg(parser)
+
+
+def _add_estimate_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config of groundup train, pretrain or finetune")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.batch_size=8")
+    _add_command_arg(parser)
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="plan for N ranks: the batch split and the DDP/FSDP2 memory per rank (the steps "
+        "are timed on this one device)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=3,
+        help="timed steps after one warm-up step (more while they take under a second)",
+    )
+    parser.add_argument("--no-timing", action="store_true", help="memory only: no timed steps")
+
+
 def _add_config_only(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config file (see configs/)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.source=my.txt")
@@ -307,6 +425,21 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "evaluate": ("score a trained model on a data file", _add_evaluate_args, _evaluate),
     "generate": ("generate text from a pretrained model", _add_generate_args, _generate),
     "export": ("export a model to the Hugging Face format", _add_export_args, _export),
+    "lr-find": (
+        "the learning-rate range test on a config: a suggested optim.lr",
+        _add_lr_find_args,
+        _lr_find,
+    ),
+    "sweep": (
+        "a hyper-parameter search on Optuna (TPE, pruning, resumable after a kill)",
+        _add_sweep_args,
+        _sweep,
+    ),
+    "estimate": (
+        "memory and time of a run before it runs (refused when it cannot fit)",
+        _add_estimate_args,
+        _estimate,
+    ),
     "report": (
         "write a run's HTML report (curves, diagnosis), or compare several runs",
         _add_report_args,
@@ -340,6 +473,8 @@ def _resume_hint(args: argparse.Namespace, exc: TrainingInterrupted) -> str:
 
     if args.command == "quickstart":
         return f"resume with: groundup quickstart --resume --run-dir {args.run_dir}"
+    if args.command == "sweep":
+        return "resume with: the same groundup sweep command (the study goes on where it stopped)"
     if exc.checkpoint is None:
         return "no run_dir, so nothing to resume"
     run_dir = Path(exc.checkpoint).parent.parent  # <run_dir>/checkpoints/step-N

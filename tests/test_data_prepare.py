@@ -207,7 +207,9 @@ def test_pipeline_classification_outputs(tmp_path):
     report = data.report
     assert report.values_imputed == 9 and report.imputed_columns == {"x": 9}
     assert report.encoded_columns == {"color": 3} and report.encoding == "onehot"
-    assert "9 values imputed" in report.summary() and "onehot-encoded: color -> 3" in report.summary()
+    assert (
+        "9 values imputed" in report.summary() and "onehot-encoded: color -> 3" in report.summary()
+    )
     assert data.n_features == 5 and data.n_classes == 2
 
 

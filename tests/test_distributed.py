@@ -54,12 +54,8 @@ TOL = 1e-9
 FSDP_ON_CPU = du.fsdp_unsupported(torch.device("cpu")) is None
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny matmuls: threads only contend on a shared machine (the fixture is in conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(folder: Path, name: str, run: str, strategy: str = "auto", **extra) -> Path:

@@ -27,14 +27,8 @@ VERBS = ["sat on", "looked at", "ran to", "walked past", "jumped over"]
 OBJECTS = ["the mat", "the red door", "a tall tree", "the river", "the garden wall"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls gain nothing from threads, and on a shared 2-core machine the thread pool
-    # contends with other processes (10x slower); one thread keeps every run well under 1 s.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny matmuls: threads only contend on a shared machine (the fixture is in conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sentences(n: int, seed: int = 0) -> list[str]:

@@ -16,7 +16,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from groundup.cli import main
@@ -31,12 +30,8 @@ NOT_A_RUN = "give a folder that groundup train, pretrain or finetune wrote"
 LOGGED_NOTHING = "the run has logged nothing yet; report it once it has trained for "
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: threads only contend on a shared machine
-    yield
-    torch.set_num_threads(before)
+# tiny matmuls: threads only contend on a shared machine (the fixture is in conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train_config(folder: Path, name: str, units: int) -> Path:

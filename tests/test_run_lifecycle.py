@@ -450,3 +450,13 @@ def test_resume_run_dir_names_that_yaml_would_misread(finished, tmp_path, capsys
         assert main(["pretrain", "--resume", str(moved), "train.max_steps=13"]) == 0
         assert yaml.safe_load((moved / "config.yaml").read_text())["run_dir"] == str(moved)
     assert "resumed from step 12" in capsys.readouterr().out
+
+
+def test_loggers_are_not_part_of_what_a_resume_compares() -> None:
+    """Where a run reports is not what it computes: a resume may add TensorBoard."""
+    from groundup.runs.plan import comparable
+
+    base = {"run_dir": "a", "train": {"max_steps": 10, "loggers": []}, "optim": {"lr": 1e-3}}
+    logged = {**base, "train": {"max_steps": 10, "loggers": ["tensorboard"]}}
+    assert comparable(base) == comparable(logged)
+    assert comparable(base) != comparable({**base, "optim": {"lr": 2e-3}})

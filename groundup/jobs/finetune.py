@@ -30,6 +30,7 @@ from groundup.models.folders import build_task_model, load_base, weights_fingerp
 from groundup.runs import MODEL_DIR, Run, plan_run
 from groundup.train.loop_config import LoopConfig, Precision
 from groundup.train.optim_config import OptimConfig
+from groundup.train.run_log import append_record, sample_record
 
 
 @dataclass
@@ -215,7 +216,9 @@ def _finetune(
     rank_device: torch.device | None,
 ) -> dict[str, Any]:
     from groundup import distributed as du
+    from groundup.jobs.estimate import finetune_preflight
     from groundup.seed import set_seed
+    from groundup.train.device import resolve_device
     from groundup.train.losses import SparseCategoricalCrossentropy
     from groundup.train.trainer import Trainer
 
@@ -240,7 +243,10 @@ def _finetune(
     labels = data.info.get("labels") if data is not None else None
     set_seed(cfg.seed)  # every rank: the same new head and adapters as one process
     model, trainable, total = build_finetune_model(cfg, base, labels)
-    with Run.begin(plan) as run:
+    # the one-time table, and a step that cannot fit refused before any file changes
+    device = rank_device if rank_device is not None else resolve_device(cfg.train.device)
+    finetune_preflight(cfg, base, model, data, world, device, verbose)
+    with Run.begin(plan, verbose=verbose) as run:
         if data is None:  # rank 0 encodes the text shards, the others read them
             data = load_data(cfg, base, run.path, verbose, part)
         if verbose:
@@ -283,6 +289,7 @@ def _finetune(
             _report(results, run.path / MODEL_DIR, verbose)
             if cfg.sample is not None and cfg.task != "classification":
                 results["sample"] = _sample(plain.eval(), base.tokenizer, cfg, bool(verbose))
+                append_record(run.path, sample_record(trainer.step, results["sample"]))
         du.barrier()  # rank 0 writes the results and samples; the ranks end together
     return results
 

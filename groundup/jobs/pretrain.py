@@ -287,16 +287,19 @@ def _pretrain(
     rank_device: torch.device | None,
 ) -> dict[str, Any]:
     from groundup import distributed as du
+    from groundup.jobs.estimate import pretrain_check, print_pretrain_table
     from groundup.seed import set_seed
     from groundup.train.hardware import measured_peak_flops
     from groundup.train.losses import SparseCategoricalCrossentropy
+    from groundup.train.run_log import append_record, sample_record
     from groundup.train.trainer import Trainer
 
     rank, world = du.rank(), du.world_size()
     verbose = verbose if rank == 0 else 0
     plan = du.main_first(lambda: plan_run(cfg.run_dir, cfg, overwrite=overwrite, resume=resume))
     device, compute_dtype = check_pretrain(cfg, world, rank_device)
-    with Run.begin(plan) as run:
+    pretrain_check(cfg, device, world)  # a step that cannot fit stops here, before any file
+    with Run.begin(plan, verbose=verbose) as run:
         tokenizer, index = prepared_data(cfg, verbose)
         model_cfg = model_config(cfg.objective, cfg.model, tokenizer.vocab_size)
         tokenizer.check_fits(model_cfg.vocab_size)
@@ -309,7 +312,7 @@ def _pretrain(
         set_seed(cfg.seed)  # the same on every rank: FSDP2 shards each rank's copy of the init
         task = build_objective(cfg, tokenizer, model_cfg, seq_len)
         if verbose:
-            print(_model_line(task, device, compute_dtype, peak), flush=True)
+            print_pretrain_table(cfg, task.model, model_cfg.vocab_size, device, world, peak)
         trainer = Trainer.from_config(
             task.model,
             cfg.train,
@@ -346,6 +349,7 @@ def _pretrain(
             results["sample"] = task.sample(
                 model_dir, tokenizer, cfg.sample, device, sharded, stream=bool(verbose)
             )
+            append_record(run.path, sample_record(trainer.step, results["sample"]))
         du.barrier()  # rank 0 writes the results and samples; the ranks end together
     return {"sample": "", **results}
 
@@ -454,17 +458,6 @@ def prepared_data(cfg: PretrainConfig, verbose: int) -> tuple[Any, Any]:
     if built:
         return built["tokenizer"], built["index"]
     return Tokenizer.load(Path(cfg.run_dir) / "tokenizer.json"), load_shards(shards_dir(cfg))
-
-
-def _model_line(task: Any, device: torch.device, dtype: torch.dtype, peak: float) -> str:
-    precision = "bf16" if dtype == torch.bfloat16 else str(dtype).removeprefix("torch.")
-    kind = task.model.config.flavour if task.name == "clm" else "bert (masked LM)"
-    params = sum(p.numel() for p in task.model.parameters())
-    return (
-        f"model: {kind}, {params / 1e6:.2f}M parameters, "
-        f"{task.flops_per_sample() / task.seq_len / 1e6:.1f} MFLOPs/token; device {device}, "
-        f"{precision}, measured peak {peak / 1e9:.0f} GFLOP/s"
-    )
 
 
 def _val_masker(cfg: PretrainConfig, tokenizer: Any, model_cfg: Any) -> Any:

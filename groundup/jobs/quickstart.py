@@ -172,6 +172,15 @@ def run_quickstart(
         "--prompt 'What does json.dumps do?' --temperature 0",
         flush=True,
     )
+    stages = [configs[k].run_dir for k in ("digits", "gpt", "sft")]
+    pages = [str(Path(d) / "report.html") for d in stages if (Path(d) / "report.html").is_file()]
+    if pages:
+        print("each run's report (open in a browser): " + " ".join(pages), flush=True)
+    print(
+        f"compare runs: groundup report {configs['gpt'].run_dir} RUN_B ...; "
+        f"find a learning rate: groundup lr-find {shipped_config('digits-mlp')}",
+        flush=True,
+    )
     return results
 
 

@@ -12,12 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from groundup.config import check, load_config
-from groundup.data.tabular_pipeline import TabularDataConfig, prepare_tabular
+from groundup.data.tabular_pipeline import TabularData, TabularDataConfig, prepare_tabular
 from groundup.errors import ConfigError
-from groundup.runs import MODEL_DIR, Run, plan_run
+from groundup.runs import MODEL_DIR, Run, hooks, plan_run
 from groundup.train.callbacks import Callback, CSVLogger, EarlyStopping
+from groundup.train.loggers import build_loggers
 from groundup.train.loop_config import LoopConfig
+from groundup.train.metric_base import confusion_matrix
 from groundup.train.optim_config import OptimConfig
 
 
@@ -85,7 +89,7 @@ def run_train(
     `resume` continues from the newest complete checkpoint in `<run_dir>/checkpoints` (same
     config, but for train.epochs/max_steps); early stopping's patience and best value come
     back with it. Everything is checked before the run folder is touched."""
-    import groundup as gu
+    from groundup.jobs.estimate import train_preflight
     from groundup.seed import set_seed
 
     cfg = config if config is not None else load_config(TrainJobConfig, config_path, overrides)
@@ -97,26 +101,11 @@ def run_train(
         has_val or cfg.early_stopping is None,
         "early_stopping needs a validation split: set data.val_size > 0",
     )
-    model = gu.Sequential(build_layers(cfg.layers), name=Path(cfg.run_dir).name)
-    model.build(data.x_train.shape[1:])
-    model.compile(
-        optimizer=cfg.optim.optimizer_spec(),
-        loss=cfg.loss,
-        metrics=cfg.metrics,
-        schedule=cfg.optim.schedule_spec(),
-        grad_accum=cfg.train.grad_accum,
-        clip_grad_norm=cfg.train.clip_grad_norm,
-        precision=cfg.train.precision,
-        device=cfg.train.device,
-        jit_compile=cfg.train.compile,
-        run_dir=plan.path,
-        log_every=cfg.train.log_every,
-        nan_policy=cfg.train.nan_policy,
-        keep_last=cfg.train.keep_last,
-        config=plan.config,
-    )
-    with Run.begin(plan) as run:
+    model = build_model(cfg, data, run_dir=plan.path, config=plan.config)
+    train_preflight(cfg, model, data, verbose)  # the table; a step that cannot fit stops here
+    with Run.begin(plan, verbose=verbose) as run:
         if verbose:
+            print(f"data: {data.report.summary()}", flush=True)
             model.summary()
         callbacks = _callbacks(cfg, run, has_val)
         model.fit(
@@ -133,16 +122,50 @@ def run_train(
             resume_from=run.checkpoint,
         )
         test = model.evaluate(data.x_test, data.y_test, verbose=0, return_dict=True)
-        results = {"test_" + k: v for k, v in test.items()}
+        results: dict[str, Any] = {"test_" + k: v for k, v in test.items()}
+        if data.task == "classification" and len(data.y_test):
+            results["confusion_matrix"] = _confusion(model, data)
+        results["cleaning"] = data.report.to_dict()
         model.save(run.path / MODEL_DIR)
         (run.path / "preprocessing.json").write_text(
             json.dumps(data.preprocessor, indent=2), encoding="utf-8"
         )
         run.write_results(results)
     if verbose:
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in results.items())
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in results.items() if k.startswith("test_"))
         print(f"test: {shown}\nrun directory: {run.path}", flush=True)
     return results
+
+
+def build_model(
+    cfg: TrainJobConfig,
+    data: TabularData,
+    run_dir: Path | None = None,
+    config: dict[str, Any] | None = None,
+) -> Any:
+    """The config's Sequential, built for the data's features and compiled with its `optim:`
+    and `train:` sections (what the run trains and what `groundup estimate` measures)."""
+    import groundup as gu
+
+    model = gu.Sequential(build_layers(cfg.layers), name=Path(cfg.run_dir).name)
+    model.build(data.x_train.shape[1:])
+    model.compile(
+        optimizer=cfg.optim.optimizer_spec(),
+        loss=cfg.loss,
+        metrics=cfg.metrics,
+        schedule=cfg.optim.schedule_spec(),
+        grad_accum=cfg.train.grad_accum,
+        clip_grad_norm=cfg.train.clip_grad_norm,
+        precision=cfg.train.precision,
+        device=cfg.train.device,
+        jit_compile=cfg.train.compile,
+        run_dir=run_dir,
+        log_every=cfg.train.log_every,
+        nan_policy=cfg.train.nan_policy,
+        keep_last=cfg.train.keep_last,
+        config=config,
+    )
+    return model
 
 
 def _callbacks(cfg: TrainJobConfig, run: Run, has_val: bool) -> list[Callback]:
@@ -156,7 +179,19 @@ def _callbacks(cfg: TrainJobConfig, run: Run, has_val: bool) -> list[Callback]:
     monitor = "val_loss" if cfg.save_best and has_val else None
     if monitor or cfg.train.checkpoint_every:
         callbacks += run.callbacks(monitor, every_n_steps=cfg.train.checkpoint_every)
-    return callbacks
+    else:
+        callbacks += hooks.extra_callbacks()  # a sweep's or lr-find's, without checkpoints too
+    return callbacks + build_loggers(cfg.train.loggers, run.path, run.plan.config)
+
+
+def _confusion(model: Any, data: TabularData) -> dict[str, Any]:
+    """The test split's confusion matrix (rows: true class, columns: predicted), for the
+    report."""
+    probs = model.predict(data.x_test, verbose=0)
+    predicted = torch.as_tensor(probs).argmax(dim=-1)
+    classes = data.classes or list(range(data.n_classes or 0))
+    matrix = confusion_matrix(torch.as_tensor(data.y_test), predicted, len(classes))
+    return {"labels": [str(c) for c in classes], "matrix": matrix.tolist()}
 
 
 def build_layers(specs: list[dict]) -> list[Any]:

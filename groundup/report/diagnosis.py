@@ -288,7 +288,12 @@ def _underfitting(c: Curves, keys: _Keys) -> Finding | None:
     elif train is not None:
         what = (
             f"training loss fell by {train[0]:.3g} over the last third of the run "
-            f"(to {train[1]:.4g}); there is no validation to check it against"
+            f"(to {train[1]:.4g}); "
+            + (
+                f"{len(c.val)} evaluation(s) are too few to check it against"
+                if c.val
+                else "there is no validation to check it against"
+            )
         )
     else:
         return None

@@ -26,6 +26,8 @@ CHECKPOINTS = "checkpoints"
 # How to start and where to run, not what to train: these may change between a run and its
 # resume (the folder moved, another number of GPUs, DDP instead of FSDP2).
 NOT_COMPARED = ("run_dir", "resume", "distributed")
+# Section keys that say where a run reports or what it checks, not what it computes.
+NOT_COMPARED_KEYS = ("train.loggers", "train.check_memory")
 # What a resume may change: the length of the run (extending a finished run is the one change
 # a user needs; the schedule then spans the new length).
 MAY_GROW = ("train.max_steps", "train.epochs")
@@ -50,7 +52,7 @@ def comparable(config: Any, resuming: bool = False) -> Any:
     if not isinstance(config, dict):
         return config
     out = {k: v for k, v in config.items() if k not in NOT_COMPARED}
-    for dotted in MAY_GROW if resuming else ():
+    for dotted in (*NOT_COMPARED_KEYS, *(MAY_GROW if resuming else ())):
         section, key = dotted.split(".")
         if isinstance(out.get(section), dict) and key in out[section]:
             out[section] = {k: v for k, v in out[section].items() if k != key}

@@ -84,3 +84,8 @@ def append_record(run_dir: Path, record: dict[str, Any]) -> None:
     """One record added to a finished fit's metrics.jsonl (a generated sample, say)."""
     with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def sample_record(step: int, text: str) -> dict[str, Any]:
+    """The record of a generated sample and the step of the weights that wrote it."""
+    return {"event": "sample", "step": step, "text": text}

@@ -51,6 +51,7 @@ from groundup.train.device import (
 )
 from groundup.train.fit_plan import plan_fit
 from groundup.train.history import History
+from groundup.train.loggers import build_loggers
 from groundup.train.loop_config import LoopConfig
 from groundup.train.losses import Loss, get_loss
 from groundup.train.metrics import Metric, check_metrics_fit_loss, get_metric
@@ -250,6 +251,10 @@ class Trainer(StepMixin, CheckpointMixin, EvaluationMixin):
             "keep_last": loop.keep_last,
         }
         settings.update(options)
+        # train.loggers: one callback per backend, writing into the run folder (rank 0 only)
+        loggers = build_loggers(loop.loggers, options.get("run_dir"), options.get("config"))
+        if loggers:
+            settings["callbacks"] = [*settings.get("callbacks", ()), *loggers]
         return cls(model, **settings)
 
     # ---------------------------------------------------------------- setup
@@ -357,6 +362,14 @@ class Trainer(StepMixin, CheckpointMixin, EvaluationMixin):
         resume included): the `time_s` of each record."""
         running = time.perf_counter() - self._fit_started if self._fit_started else 0.0
         return self._time_before_fit + running
+
+    def lr_find(self, train: Iterable[Batch], **options: Any) -> Any:
+        """The learning-rate range test on this trainer's model, optimizer and step (see
+        `groundup.train.lr_finder.lr_find` for the options); the weights, optimizer state and
+        RNG are as they were afterwards, so `fit` starts from the same place."""
+        from groundup.train.lr_finder import lr_find
+
+        return lr_find(self, train, **options)
 
     def _on_stop_signal(self, signum: int, frame: Any) -> None:
         """SIGINT/SIGTERM during fit(): stop at the next step boundary (fit saves, then raises)."""
