@@ -30,7 +30,9 @@ from groundup.train.batches import TensorBatches
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 import test_finetune  # noqa: E402
-from test_distributed import TOL, assert_close, losses, one_thread, torchrun  # noqa: E402, F401
+from test_distributed import TOL, assert_close, losses, torchrun  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 from test_finetune import labelled, sft_rows, write_csv, write_jsonl  # noqa: E402
 
 base_gpt = test_finetune.base_gpt  # the tiny GPT base folder (a module fixture)

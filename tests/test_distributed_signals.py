@@ -34,7 +34,9 @@ from groundup.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from test_distributed import LAUNCHER, assert_close, losses, one_thread, tiny_config  # noqa: E402, F401
+from test_distributed import LAUNCHER, assert_close, losses, tiny_config  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 STEPS = 40  # long enough that a signal after step 3 lands before the end (steps sleep)
 SIGNAL_AFTER = 3
