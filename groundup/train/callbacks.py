@@ -499,8 +499,9 @@ def _step_label(trainer: Trainer) -> str:
     return f"step {trainer.step}{total}"
 
 
-# defined in groundup.train.loggers (which imports this module), reachable from here
-_LOGGER_CLASSES = ("TensorBoard", "TensorBoardLogger", "WandbLogger", "MLflowLogger", "MetricsCSV")
+# defined in groundup.train.loggers and tracker_loggers (which import this module)
+_LOGGER_CLASSES = ("TensorBoard", "TensorBoardLogger", "MetricsCSV")
+_TRACKER_CLASSES = ("WandbLogger", "MLflowLogger")
 
 
 def __getattr__(name: str) -> Any:
@@ -510,4 +511,8 @@ def __getattr__(name: str) -> Any:
         from groundup.train import loggers
 
         return getattr(loggers, name)
+    if name in _TRACKER_CLASSES:
+        from groundup.train import tracker_loggers
+
+        return getattr(tracker_loggers, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
