@@ -359,7 +359,9 @@ def test_wandb_offline_run_folder(tmp_path, monkeypatch) -> None:
         callbacks=[logger], log_every=1,
     )  # fmt: skip
     x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    hooks = (sys.exit, sys.excepthook)
     trainer.fit(gu.TensorBatches(x, x.sum(1, keepdim=True), batch_size=8), epochs=2)
+    assert (sys.exit, sys.excepthook) == hooks  # wandb's replacements do not outlive the run
     (folder,) = (tmp_path / "wandb").glob(f"offline-run-*-{logger.run_id}")
     # wandb's own service process writes the file; on a loaded machine it can still be
     # flushing when finish() returns, so wait for it (up to a minute) rather than race it

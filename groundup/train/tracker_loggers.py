@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ class WandbLogger(RecordLogger):
         self.project = project
         self.run_id: str | None = None
         self._run: Any = None
+        self._hooks: tuple[Any, Any] = (sys.exit, sys.excepthook)
 
     def start(self, trainer: Trainer) -> None:
         # load_state_dict (a resume) comes after this hook and may replace the id: the W&B run
@@ -53,6 +55,7 @@ class WandbLogger(RecordLogger):
             import wandb
 
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._hooks = (sys.exit, sys.excepthook)  # wandb.init replaces both
             self._run = wandb.init(
                 project=self.project,
                 name=self.run_dir.name,
@@ -74,6 +77,9 @@ class WandbLogger(RecordLogger):
         if self._run is not None:
             self._run.finish()
             self._run = None
+            # wandb leaves its sys.exit and sys.excepthook in place after finish(): the
+            # process is given back as it was (the run is over, there is nothing to report)
+            sys.exit, sys.excepthook = self._hooks
 
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id}
