@@ -285,15 +285,16 @@ def _underfitting(c: Curves, keys: _Keys) -> Finding | None:
         )
         if train is not None:
             what += f" and training loss by {train[0]:.3g} (to {train[1]:.4g})"
+        unchecked = ""
     elif train is not None:
         what = (
             f"training loss fell by {train[0]:.3g} over the last third of the run "
-            f"(to {train[1]:.4g}); "
-            + (
-                f"{len(c.val)} evaluation(s) are too few to check it against"
-                if c.val
-                else "there is no validation to check it against"
-            )
+            f"(to {train[1]:.4g})"
+        )
+        unchecked = (
+            f" ({len(c.val)} evaluation(s) are too few to check it against validation)"
+            if c.val
+            else " (there is no validation to check it against)"
         )
     else:
         return None
@@ -301,7 +302,7 @@ def _underfitting(c: Curves, keys: _Keys) -> Finding | None:
     return Finding(
         kind="underfitting",
         title="under-fits: still improving when the run ended",
-        evidence=f"{what}, well above its noise: more training would still pay.",
+        evidence=f"{what}, well above its noise: more training would still pay{unchecked}.",
         advice=(
             f"train longer ({', '.join(keys.now(k) for k in length)}); if the curve is "
             f"slow from the start, raise {keys.now('optim.lr')}; a larger model if it then "
