@@ -317,7 +317,11 @@ def _add_report_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_command_arg(parser: argparse.ArgumentParser) -> None:
+def _add_job_config_args(parser: argparse.ArgumentParser) -> None:
+    """CONFIG, overrides and --command: for the commands that run (or plan) another
+    command's job (lr-find, sweep, estimate)."""
+    parser.add_argument("config", help="YAML config of groundup train, pretrain or finetune")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.batch_size=64")
     # dest "cmd": "command" is the subcommand's own dest
     parser.add_argument(
         "--command",
@@ -329,12 +333,10 @@ def _add_command_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_lr_find_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="YAML config of groundup train, pretrain or finetune")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.batch_size=64")
+    _add_job_config_args(parser)
     parser.add_argument("--min-lr", type=float, default=1e-7, help="the first step's LR")
     parser.add_argument("--max-lr", type=float, default=10.0, help="the last step's LR")
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps of the test")
-    _add_command_arg(parser)
     parser.add_argument(
         "--nproc",
         type=int,
@@ -346,8 +348,7 @@ def _add_lr_find_args(parser: argparse.ArgumentParser) -> None:
 def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
     from groundup.sweep.study import PRUNERS
 
-    parser.add_argument("config", help="YAML config of groundup train, pretrain or finetune")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides for every trial")
+    _add_job_config_args(parser)
     parser.add_argument(
         "--space",
         required=True,
@@ -364,13 +365,10 @@ def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=None, help="the sampler's seed (default: the config's)"
     )
     parser.add_argument("--no-report", action="store_true", help="skip the trials' report.html")
-    _add_command_arg(parser)
 
 
 def _add_estimate_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="YAML config of groundup train, pretrain or finetune")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.batch_size=8")
-    _add_command_arg(parser)
+    _add_job_config_args(parser)
     parser.add_argument(
         "--nproc",
         type=int,

@@ -282,6 +282,8 @@ def test_check_fits_and_sizes():
 
 
 def test_predicted_time_counts_the_warm_up_once():
+    """The arithmetic of the prediction on given step times (nothing is timed here): the first
+    step once, the rest at the steady speed, plus the evaluations."""
     from groundup.estimate.speed import StepTiming, format_seconds, predict_seconds
 
     timing = StepTiming(seconds_per_step=0.1, steps=3, warmup=1, first_step_seconds=1.0)

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_pretrain import interrupt_at  # Ctrl-C at a chosen step
 
 import groundup as gu
 from groundup.cli import main
@@ -107,20 +108,6 @@ def scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 def expected(rows: list[dict], key: str) -> list[tuple[int, float]]:
     return [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in rows if key in r]
-
-
-def interrupt_at(monkeypatch, step: int) -> None:
-    """Make the trainer raise KeyboardInterrupt (Ctrl-C) once `step` steps are done."""
-    from groundup.train.trainer import Trainer
-
-    original = Trainer.train_step
-
-    def train_step(self, micro):
-        if self.step == step:
-            raise KeyboardInterrupt
-        return original(self, micro)
-
-    monkeypatch.setattr(Trainer, "train_step", train_step)
 
 
 def interrupted_then_resumed(tmp_path: Path, monkeypatch, loggers: list[str]) -> Path:
