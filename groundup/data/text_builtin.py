@@ -47,6 +47,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from groundup.data.heldout import is_heldout, object_name
 from groundup.errors import DataError
 from groundup.registry import lookup
 
@@ -313,27 +314,44 @@ def _stdlib_qa() -> dict[str, list[dict[str, str]]]:
 
     For showing instruction SFT (and LoRA) on a model pretrained on Python's docs. A name is
     asked once; texts that answer two names are dropped (the answer would be ambiguous). Split
-    90/10 by a hash of the name, so it is stable and needs no generator.
+    90/10 by a hash of the name, so it is stable and needs no generator. Objects held out for
+    evaluation (`groundup.data.heldout`) are in neither split: the built-in evaluation tasks
+    ask about them.
     """
     answers: dict[str, str] = {}
     names_of: dict[str, set[str]] = {}
     for modname, _, obj, text in _documented_objects():
-        qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
-        if not isinstance(qualname, str):
+        name = object_name(modname, obj)
+        if name is None:
             continue  # a property or data descriptor: no name of its own to ask about
-        name = f"{modname}.{qualname}"
         answers.setdefault(name, text)
+        # Held-out names count here too: a text shared with a held-out object is dropped.
         names_of.setdefault(_dedup_key(text), set()).add(name)
     rows = sorted(
         (
             {"prompt": f"What does {name} do?", "response": text}
             for name, text in answers.items()
-            if len(names_of[_dedup_key(text)]) == 1
+            if len(names_of[_dedup_key(text)]) == 1 and not is_heldout(name)
         ),
         key=lambda r: _hash(r["prompt"]),
     )
     n_val = max(1, len(rows) // 10)
     return {"train": rows[n_val:], "val": rows[:n_val]}
+
+
+def stdlib_docstring_documents() -> Iterator[str]:
+    """ "json.dumps: Serialize obj to a JSON formatted str. ..." for every documented standard-
+    library object that is not held out for evaluation (`groundup.data.heldout`): the
+    docstring half of the `stdlib-docs` pretraining corpus. Nameless objects (properties)
+    are left out: nothing held out can be told from them."""
+    from groundup.data.heldout import is_heldout, object_name
+
+    for modname, _, obj, text in _documented_objects():
+        name = object_name(modname, obj)
+        if name is None or is_heldout(name):
+            continue
+        shown = name.removeprefix("builtins.str.") if modname == "builtins.str" else name
+        yield f"{shown}: {text}"
 
 
 SFT_DATASETS: dict[str, Callable[[], dict[str, list[dict[str, str]]]]] = {"stdlib-qa": _stdlib_qa}
