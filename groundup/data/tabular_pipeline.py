@@ -9,6 +9,7 @@ fitted pieces travel together as a `Preprocessor` that saves to JSON, so `evalua
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +25,12 @@ from groundup.data.tabular import (
     CleaningReport,
     LabelEncoder,
     Table,
+    as_category_strings,
     clean_table,
     count_missing,
     infer_task,
 )
-from groundup.data.tabular_readers import load_table
+from groundup.data.tabular_readers import MISSING_TOKENS, load_table
 from groundup.errors import ConfigError, DataError, MissingFileError
 from groundup.registry import did_you_mean
 
@@ -114,8 +116,12 @@ class Preprocessor:
         normalizer: Normalizer,
         labels: LabelEncoder | None = None,
         class_names: list[Any] | None = None,
+        input_columns: list[str] | None = None,
     ) -> None:
         self.target, self.task, self.features = target, task, list(features)
+        # the feature columns of the training file before cleaning dropped constant ones: what
+        # a bare (N, F) NumPy array of new rows lines up with (None in runs saved before it)
+        self.input_columns = None if input_columns is None else list(input_columns)
         self.imputer, self.encoder, self.normalizer, self.labels = (
             imputer,
             encoder,
@@ -131,15 +137,124 @@ class Preprocessor:
         """Names of the model's input columns (after one-hot expansion)."""
         return self.encoder.feature_names_
 
-    def transform_x(self, table: Table) -> np.ndarray:
-        """(N, n_features) float32 model inputs for the feature columns of `table`."""
+    def transform_x(self, table: Table, unseen: str | None = None) -> np.ndarray:
+        """(N, n_features) float32 model inputs for the feature columns of `table`.
+
+        `unseen` overrides the run's unseen-category rule ("ignore": all-zero one-hot, -1
+        ordinal; "error"); None keeps the rule the run was trained with."""
         table.check_columns(self.features, what="feature column")
         part = table.select(self.features)
         if self.imputer is not None:
             part = self.imputer.transform(part)
-        x = self.encoder.transform(part)
+        encoder = self.encoder
+        if unseen is not None and unseen != encoder.unseen:
+            encoder = copy.copy(encoder)
+            encoder.unseen = unseen
+        x = encoder.transform(part)
         _check_finite(x, self.feature_names, "x")
         return self.normalizer.transform(x).astype(np.float32)
+
+    def conform(self, table: Table, unseen: str = "error", source: str = "the data") -> Table:
+        """New rows checked against what the run was trained on, before any work is done.
+
+        Every feature column must be there (extra columns are ignored, the target is
+        optional); a number column must hold numbers (text that parses is converted, as a
+        CSV reader would); a missing value needs the run's imputer; a category the training
+        split never had is an error with `unseen="error"`, and with "ignore" is encoded as
+        the run encodes unseen values (all-zero one-hot, -1 ordinal). A bare (N, F) NumPy
+        array (columns x0..x{F-1}) is matched to the features by position. Returns the
+        feature (and target) columns, ready for `transform_x`; `source` names the data in
+        errors, rows are counted from 1 (header excluded)."""
+        if unseen not in ("error", "ignore"):
+            raise ConfigError(f"unseen_category must be 'error' or 'ignore', got {unseen!r}")
+        table = self._line_up_array(table)
+        absent = [n for n in self.features if n not in table.columns]
+        if absent:
+            hints = "".join(did_you_mean(n, table.names) for n in absent[:1])
+            raise DataError(
+                f"{source} lacks the column(s) {', '.join(map(repr, absent))}{hints} that the "
+                f"run was trained on; it needs: {', '.join(self.features)} (the target "
+                f"'{self.target}' is optional, other columns are ignored)"
+            )
+        cols = {}
+        for name in self.features:
+            cats = self.encoder.categories_.get(name)
+            if cats is None:
+                cols[name] = self._check_numbers(name, table[name], source)
+            else:
+                self._check_categories(name, table[name], cats, unseen, source)
+                cols[name] = table[name]
+        if self.target is not None and self.target in table.columns:
+            cols[self.target] = table[self.target]
+        return Table._trusted(cols, table.bad_rows)
+
+    def _line_up_array(self, table: Table) -> Table:
+        """A NumPy (N, F) array's columns x0.. renamed to the features, when F fits."""
+        names = table.names
+        if any(n in table.columns for n in self.features):
+            return table
+        if names != [f"x{j}" for j in range(len(names))]:
+            return table
+        for wanted in (self.input_columns, self.features):
+            if wanted is not None and len(wanted) == len(names):
+                cols = dict(zip(wanted, table.columns.values(), strict=True))
+                return Table._trusted(cols, table.bad_rows)
+        return table
+
+    def _check_numbers(self, name: str, col: np.ndarray, source: str) -> np.ndarray:
+        """float64 values of a number column; the first bad cell is an error naming it."""
+        if col.dtype.kind != "f":
+            values = np.full(len(col), np.nan)
+            for i, v in enumerate(col.tolist()):
+                if v is None or v.strip().lower() in MISSING_TOKENS:
+                    continue
+                try:
+                    values[i] = float(v)
+                except ValueError:
+                    raise DataError(
+                        f"{source}: column '{name}' row {i + 1} holds {v!r}, not a number; the "
+                        "run was trained on numbers there: fix the value"
+                    ) from None
+            col = values
+        bad = np.isinf(col)
+        if self.imputer is None:
+            bad |= np.isnan(col)
+        if bad.any():
+            i = int(np.argmax(bad))
+            what = "is empty" if np.isnan(col[i]) else f"holds {col[i]}"
+            raise DataError(f"{source}: column '{name}' row {i + 1} {what}; {self._fill_hint()}")
+        return col
+
+    def _check_categories(
+        self, name: str, col: np.ndarray, cats: list[str], unseen: str, source: str
+    ) -> None:
+        values = as_category_strings(col)
+        missing = np.equal(values, None)
+        if self.imputer is None and missing.any():
+            i = int(np.argmax(missing))
+            raise DataError(f"{source}: column '{name}' row {i + 1} is empty; {self._fill_hint()}")
+        if unseen == "ignore":
+            return
+        known = set(cats)
+        new = [i for i, v in enumerate(values.tolist()) if v is not None and v not in known]
+        if new:
+            i = new[0]
+            shown = ", ".join(cats[:10]) + (" ..." if len(cats) > 10 else "")
+            encoded = "all-zero one-hot" if self.encoder.method == "onehot" else "-1 (ordinal)"
+            raise DataError(
+                f"{source}: column '{name}' row {i + 1} holds {values[i]!r}, a category the "
+                f"training data never had ({len(new)} row(s) like it; known: {shown}); fix the "
+                f"value, or pass unseen_category='ignore' (--unseen-category ignore) to encode "
+                f"unseen categories as {encoded}, as the run encoded its test split"
+            )
+
+    def _fill_hint(self) -> str:
+        return (
+            "the run has no fill value for missing or infinite values (it was trained with "
+            "data.missing drop/error); fill it in or remove the row"
+            if self.imputer is None
+            else "replace infinite values with numbers, or leave the cell empty to impute it"
+        )
 
     def transform_y(self, table: Table) -> np.ndarray:
         """int64 class ids (classification) or float32 values (regression) of the target."""
@@ -147,11 +262,30 @@ class Preprocessor:
             raise DataError("this preprocessor has no target column")
         y = table[self.target]
         if self.labels is not None:
+            if self.labels.numeric and y.dtype.kind != "f" and self.class_names:
+                # a built-in dataset's run knows its classes by name too (iris: setosa, ...)
+                y = self._values_of_names(y)
             return self.labels.transform(y)
         if y.dtype.kind != "f":
             raise DataError(f"target '{self.target}' must be numeric for regression")
         _check_finite(y[:, None], [self.target], "y")
         return y.astype(np.float32)
+
+    def _values_of_names(self, y: np.ndarray) -> np.ndarray:
+        """The label values (0, 1, ...) of class names; a value that is neither is named."""
+        assert self.labels is not None and self.class_names is not None
+        lookup = {str(n): v for n, v in zip(self.class_names, self.labels.classes_, strict=True)}
+        lookup.update({str(v): v for v in self.labels.classes_})
+        out = np.full(len(y), np.nan)
+        for i, v in enumerate(y.tolist()):
+            if v is not None:
+                if v not in lookup:
+                    raise DataError(
+                        f"target '{self.target}' row {i + 1} holds {v!r}, not a class of the "
+                        f"run (classes: {', '.join(map(str, self.class_names))})"
+                    )
+                out[i] = lookup[v]
+        return out
 
     def transform(self, data: Table | str | Path) -> tuple[np.ndarray, np.ndarray | None]:
         """(x, y) for new data; y is None when the target column is absent (prediction)."""
@@ -180,6 +314,7 @@ class Preprocessor:
             "normalizer": self.normalizer.state_dict(),
             "labels": None if self.labels is None else self.labels.state_dict(),
             "class_names": self.class_names,
+            "input_columns": self.input_columns,
         }
 
     @classmethod
@@ -202,6 +337,7 @@ class Preprocessor:
             normalizer=Normalizer().load_state_dict(state["normalizer"]),
             labels=labels,
             class_names=state["class_names"],
+            input_columns=state.get("input_columns"),  # absent in runs saved before it
         )
 
     def save(self, path: str | Path) -> None:
@@ -259,6 +395,7 @@ def prepare_tabular(cfg: TabularDataConfig) -> TabularData:
     cfg.validate()
     table, target, class_names = _load(cfg)
     features = list(cfg.features) if cfg.features else [n for n in table.names if n != target]
+    input_columns = list(features)
     table.check_columns([target], what="target column")
     table.check_columns(features, what="feature column")
     if target in features:
@@ -335,7 +472,9 @@ def prepare_tabular(cfg: TabularDataConfig) -> TabularData:
     if task == "regression":
         _check_finite(y[:, None], [target], "y")
 
-    pre = Preprocessor(target, task, features, imputer, encoder, normalizer, labels, class_names)
+    pre = Preprocessor(
+        target, task, features, imputer, encoder, normalizer, labels, class_names, input_columns
+    )
     return TabularData(
         x_train=xs["train"],
         y_train=ys["train"],
@@ -351,6 +490,53 @@ def prepare_tabular(cfg: TabularDataConfig) -> TabularData:
         preprocessor=pre.state_dict(),
         fitted=pre,
     )
+
+
+def load_rows(path: str | Path) -> Table:
+    """New rows to predict or evaluate: what `load_table` reads (CSV/TSV, Parquet, NumPy), or
+    a JSONL file of one object per row (a key a line lacks is a missing value)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".jsonl", ".ndjson"):
+        return load_table(path)
+    if not path.is_file():
+        raise MissingFileError(f"data file not found: {path}; check the path")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e.reason}); save it as UTF-8") from None
+    rows: list[tuple[int, dict[str, Any]]] = []
+    # Trap: str.splitlines also splits on U+2028, which JSON strings may hold raw.
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{path} line {lineno}: invalid JSON ({e.msg} at column {e.colno}); write one "
+                "JSON object per line"
+            ) from None
+        if not isinstance(obj, dict):
+            raise DataError(
+                f"{path} line {lineno}: expected a JSON object of column values, got "
+                f"{type(obj).__name__}"
+            )
+        for key, value in obj.items():
+            if isinstance(value, (dict, list)):
+                raise DataError(
+                    f"{path} line {lineno}: '{key}' holds a {type(value).__name__}; a row holds "
+                    "plain numbers, strings or null"
+                )
+        rows.append((lineno, obj))
+    if not rows:
+        raise DataError(f"{path} has no rows; write one JSON object per line")
+    names = list(dict.fromkeys(k for _, obj in rows for k in obj))
+    cols = {}
+    for name in names:
+        col = np.empty(len(rows), dtype=object)
+        col[:] = [obj.get(name) for _, obj in rows]
+        cols[name] = col
+    return Table(cols)
 
 
 def _load(cfg: TabularDataConfig) -> tuple[Table, str, list[Any] | None]:

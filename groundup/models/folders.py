@@ -126,9 +126,10 @@ def model_folder(path: str | Path) -> Path:
     for keras in (path, path / "model"):
         if (keras / "architecture.json").is_file() and not (keras / "config.json").is_file():
             raise ConfigError(
-                f"{path} holds a Sequential model (a groundup train run): generate, evaluate "
-                "and export work on language models and text classifiers; load it in Python "
-                f"with gu.load_model('{keras}') and call .evaluate/.predict"
+                f"{path} holds a Sequential model (a groundup train run): generate, export and "
+                "evaluation tasks work on language models and text classifiers; score or use "
+                f"it with groundup evaluate/predict {path} --data FILE, or in Python "
+                f"gu.load_model('{keras}')"
             )
     if not (path / "config.json").is_file() and (path / "config.yaml").is_file():
         command = _run_command(path)
