@@ -6,7 +6,7 @@ model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=
 model.fit(x, y, epochs=5)
 """
 
-from groundup import checkpoint, data, errors
+from groundup import checkpoint, data, errors, evals
 from groundup.generate import generate
 from groundup.models import activations, layers, regularizers
 from groundup.models.gpt import GPT, GPTConfig
@@ -32,6 +32,7 @@ __all__ = [
     "checkpoint",
     "data",
     "errors",
+    "evals",
     "layers",
     "load_model",
     "losses",

@@ -15,6 +15,7 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 
+from groundup.cli_predict import PREDICT_COMMAND, add_evaluate_extras, evaluate_extras
 from groundup.errors import GroundupError, TrainingInterrupted
 
 
@@ -108,18 +109,42 @@ def _resolve_resume(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from groundup.errors import ConfigError
     from groundup.jobs.evaluate import run_evaluate
+    from groundup.jobs.evaluate_tasks import run_task_evaluation
 
-    run_evaluate(
-        args.run,
-        args.data,
-        batch_size=args.batch_size,
-        device=args.device,
-        text_field=args.text_field,
-        label_field=args.label_field,
-        allow_pickle=args.allow_pickle,
-        task=args.task,
-    )
+    if args.data is None and not args.tasks and not args.harness_tasks:
+        raise ConfigError(
+            "nothing to evaluate: give --data FILE, --tasks (built-in names, spec files, or "
+            "builtin) or --harness-tasks (lm-eval tasks)"
+        )
+    if args.data is not None:
+        for run in args.run:
+            run_evaluate(
+                run,
+                args.data,
+                batch_size=args.batch_size,
+                device=args.device,
+                text_field=args.text_field,
+                label_field=args.label_field,
+                allow_pickle=args.allow_pickle,
+                task=args.task,
+                **evaluate_extras(args),
+            )
+    if args.tasks or args.harness_tasks:
+        run_task_evaluation(
+            args.run,
+            args.tasks,
+            args.harness_tasks,
+            limit=args.limit,
+            num_fewshot=args.num_fewshot,
+            batch_size=args.batch_size,
+            device=args.device,
+            precision=args.precision,
+            out=args.out,
+            predictions=args.task_predictions,
+            allow_pickle=args.allow_pickle,
+        )
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -268,17 +293,44 @@ def _add_generate_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_evaluate_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="a run directory (pretrain/finetune) or a model folder")
+    parser.add_argument(
+        "run", nargs="+", help="run directories (pretrain/finetune/train) or model folders"
+    )
     parser.add_argument(
         "--data",
-        required=True,
-        help="text file/folder (language models), SFT JSONL, or labelled CSV/JSONL (classifiers)",
+        default=None,
+        help="text file/folder (language models), SFT JSONL, or labelled CSV/JSONL "
+        "(classifiers, train runs)",
     )
     parser.add_argument(
         "--task",
         choices=["causal_lm", "sft", "classification"],
         default=None,
         help="read the data as this task (e.g. sft to score a base model on an SFT file)",
+    )
+    parser.add_argument(
+        "--tasks",
+        default=None,
+        help="evaluation tasks, comma-separated: built-in names (stdlib-describe,...), task "
+        "spec files, or builtin for all of them",
+    )
+    parser.add_argument(
+        "--harness-tasks",
+        default=None,
+        help="lm-evaluation-harness tasks, comma-separated: names or task YAML files "
+        '(pip install "groundup[eval]")',
+    )
+    parser.add_argument("--limit", type=int, default=None, help="tasks: items per task")
+    parser.add_argument("--num-fewshot", type=int, default=None, help="tasks: few-shot examples")
+    parser.add_argument(
+        "--precision", choices=["fp32", "bf16", "fp64"], default="fp32", help="tasks: precision"
+    )
+    parser.add_argument("--out", default=None, help="tasks: write the results as JSON here")
+    parser.add_argument(
+        "--task-predictions",
+        default=None,
+        metavar="DIR",
+        help="tasks: write each item's prediction (JSONL per run and task) into DIR",
     )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto")
@@ -289,6 +341,7 @@ def _add_evaluate_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="read a Hugging Face pytorch_model.bin (weights_only) when there is no safetensors",
     )
+    add_evaluate_extras(parser)
 
 
 def _add_export_args(parser: argparse.ArgumentParser) -> None:
@@ -420,7 +473,12 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
         _add_distributed_args,
         _finetune,
     ),
-    "evaluate": ("score a trained model on a data file", _add_evaluate_args, _evaluate),
+    "evaluate": (
+        "score models on a data file or on evaluation tasks (several runs: one table)",
+        _add_evaluate_args,
+        _evaluate,
+    ),
+    "predict": PREDICT_COMMAND,
     "generate": ("generate text from a pretrained model", _add_generate_args, _generate),
     "export": ("export a model to the Hugging Face format", _add_export_args, _export),
     "lr-find": (

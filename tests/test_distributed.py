@@ -160,6 +160,7 @@ def test_ddp_two_ranks_match_one_process(runs) -> None:
     assert results["world_size"] == 2 and results["tokens"] == STEPS * 8 * 16
     ref_results = json.loads((runs["ref"] / "results.json").read_text())
     assert abs(results["final_val_loss"] - ref_results["final_val_loss"]) < TOL
+    assert abs(results["final_val_bpb"] - ref_results["final_val_bpb"]) < TOL  # sharded sums
     # rank 0 wrote the usual safetensors checkpoint, and the gathered final model
     assert (runs["ddp"] / "checkpoints" / f"step-{SAVE_AT:08d}" / "model.safetensors").is_file()
     assert (runs["ddp"] / "model" / "model.safetensors").is_file()

@@ -139,6 +139,9 @@ def test_pretrain_end_to_end(trained_run) -> None:
     assert results["steps"] == 40
     assert results["tokens"] == 40 * 8 * 32
     assert results["final_val_loss"] < math.log(vocab) - 0.5
+    # char-level text with one byte per character (no specials in val): bpb = loss / ln 2
+    assert results["final_val_bpb"] == pytest.approx(results["final_val_loss"] / math.log(2))
+    assert all("val_bpb" in r for r in evals)
     assert results["tokens_per_s"] > 0 and results["mfu"] > 0
     # the saved model folder holds the final weights, the checkpoint the step-40 ones
     final = load_file(str(run / "model" / "model.safetensors"))
@@ -396,7 +399,8 @@ def test_shipped_configs_load_and_build_their_model() -> None:
     from groundup.jobs.pretrain_objectives import model_config
 
     pydocs = load_config(PretrainConfig, CONFIGS / "pretrain-pydocs.yaml")
-    assert pydocs.data.source == "pydocs" and pydocs.tokenizer.kind == "bpe"
+    assert pydocs.data.source == "stdlib-docs" and pydocs.tokenizer.kind == "bpe"
+    assert pydocs.train.eval_tasks == ["stdlib-describe", "stdlib-cloze"]
     gpt = model_config("clm", pydocs.model, pydocs.tokenizer.vocab_size)
     assert (gpt.n_layer, gpt.n_head, gpt.n_embd, gpt.block_size) == (4, 4, 256, 128)
     assert gpt.vocab_size == 4096 and gpt.dropout == 0.2

@@ -35,7 +35,19 @@ def _pydocs() -> Iterator[str]:
         yield topics[key]
 
 
-BUILTIN_CORPORA: dict[str, Callable[[], Iterator[str]]] = {"pydocs": _pydocs}
+def _stdlib_docs() -> Iterator[str]:
+    """pydocs, then the standard library's docstrings ("json.dumps: Serialize obj to ..."),
+    without the objects held out for the evaluation tasks: ~1 MB, on every Python."""
+    from groundup.data.text_builtin import stdlib_docstring_documents
+
+    yield from _pydocs()
+    yield from stdlib_docstring_documents()
+
+
+BUILTIN_CORPORA: dict[str, Callable[[], Iterator[str]]] = {
+    "pydocs": _pydocs,
+    "stdlib-docs": _stdlib_docs,
+}
 
 
 class Corpus:
@@ -44,7 +56,7 @@ class Corpus:
     source: a .txt/.md file (the whole file is one document), a .jsonl file (one document
     per line, from `text_field`), a .parquet file (the `text_field` column), a folder
     (its files of those types, recursively, sorted by path; hidden ones skipped), or a
-    builtin name ("pydocs"; a local folder of that name is "./pydocs"). Whitespace-only
+    builtin name ("pydocs", "stdlib-docs"; a local folder of that name is "./pydocs"). Whitespace-only
     documents are dropped. bad_rows="error"
     raises DataError on a bad JSONL line or missing value; "skip" counts it in `skipped`.
     After an iteration, `documents`, `skipped` and `chars` hold what that pass read.

@@ -85,6 +85,7 @@ class Tokenizer:
         self.kind = _detect_kind(spec)
         self._chunkable = _is_gpt2_split(spec)
         self._codec: _CharCodec | None = None
+        self._token_bytes: np.ndarray | None = None
         if self.kind in ("char", "bytes"):
             self._codec = _CharCodec.from_spec(spec, self.kind)
 
@@ -257,6 +258,14 @@ class Tokenizer:
                 "or retrain the tokenizer"
             )
 
+    def token_bytes(self) -> np.ndarray:
+        """(vocab_size,) int64: how many UTF-8 bytes of text each id stands for, 0 for special
+        tokens. The denominator of bits per byte, which, unlike perplexity, compares models
+        whose tokenizers differ."""
+        if self._token_bytes is None:
+            self._token_bytes = _token_byte_lengths(self)
+        return self._token_bytes
+
     # ---- files -------------------------------------------------------------------------
     def to_json(self) -> str:
         """The Hugging Face tokenizer.json text."""
@@ -278,6 +287,36 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
+
+
+def _token_byte_lengths(tok: Tokenizer) -> np.ndarray:
+    """Byte length of each id's text: exact for char, bytes and byte-level BPE tokenizers;
+    SentencePiece-style pieces ("\u2581" for a space, "<0x0A>" byte pieces) and WordPiece
+    continuations ("##") are read by their conventions."""
+    sizes = np.zeros(tok.vocab_size, dtype=np.int64)
+    special = {tok.token_to_id(t) for t in tok.special_tokens}
+    if tok._codec is not None:
+        for i, raw in enumerate(tok._codec.id_bytes):
+            sizes[i] = len(raw)
+    else:
+        spec = json.loads(tok.hf.to_str())
+        byte_level = (spec.get("decoder") or {}).get("type") == "ByteLevel"
+        unbyte = {c: b for b, c in bytes_to_unicode().items()}
+        for i in range(tok.vocab_size):
+            piece = tok.id_to_token(i)
+            if piece is None:
+                continue
+            if byte_level and all(c in unbyte for c in piece):
+                sizes[i] = len(piece)  # one byte per symbol of the byte-level alphabet
+            elif _BYTE_NAME.fullmatch(piece):
+                sizes[i] = 1
+            else:
+                text = piece.removeprefix("##").replace("\u2581", " ")
+                sizes[i] = len(text.encode("utf-8"))
+    for i in special:
+        if i is not None:
+            sizes[i] = 0
+    return sizes
 
 
 def resolve_tokenizer_file(path: str | os.PathLike[str]) -> Path:

@@ -25,6 +25,7 @@ from groundup.config import check, load_config
 from groundup.data.task_data import Part, load_data
 from groundup.distributed import DistributedConfig
 from groundup.errors import ConfigError
+from groundup.evals.training import chat_formatter, eval_tasks_of, task_evaluators
 from groundup.generate import SampleConfig, sample_reply, sample_text
 from groundup.models.folders import build_task_model, load_base, weights_fingerprint, with_dropout
 from groundup.runs import MODEL_DIR, Run, plan_run
@@ -246,6 +247,7 @@ def _finetune(
     # the one-time table, and a step that cannot fit refused before any file changes
     device = rank_device if rank_device is not None else resolve_device(cfg.train.device)
     finetune_preflight(cfg, base, model, data, world, device, verbose)
+    tasks = eval_tasks_of(cfg.train, cfg.task)
     with Run.begin(plan, verbose=verbose) as run:
         if data is None:  # rank 0 encodes the text shards, the others read them
             data = load_data(cfg, base, run.path, verbose, part)
@@ -262,7 +264,9 @@ def _finetune(
             run_dir=run.path,
             verbose=verbose,
             report_perplexity=cfg.task != "classification",
+            token_bytes=base.tokenizer.token_bytes() if cfg.task != "classification" else None,
             callbacks=run.callbacks("val_loss" if data.val is not None else None),
+            evaluators=task_evaluators(tasks, cfg.train, base.tokenizer, _chat_prompt(cfg, base)),
             config=plan.config,
             strategy=strategy,
             activation_checkpointing=cfg.distributed.activation_checkpointing,
@@ -292,6 +296,13 @@ def _finetune(
                 append_record(run.path, sample_record(trainer.step, results["sample"]))
         du.barrier()  # rank 0 writes the results and samples; the ranks end together
     return results
+
+
+def _chat_prompt(cfg: FinetuneConfig, base: Any) -> Any:
+    """How an SFT run's generation tasks ask their question: in its chat template."""
+    if cfg.task != "sft":
+        return None
+    return chat_formatter(base.tokenizer, cfg.data.template)
 
 
 def _evaluate_at_end(

@@ -25,6 +25,7 @@ from groundup.config import check, load_config
 from groundup.data.masking import BERT_SPECIAL_TOKENS, MaskingConfig
 from groundup.distributed import DistributedConfig
 from groundup.errors import ConfigError, DataError, MissingFileError
+from groundup.evals.training import eval_tasks_of, task_evaluators
 from groundup.generate import SampleConfig
 from groundup.jobs.pretrain_objectives import (
     build_objective,
@@ -299,6 +300,7 @@ def _pretrain(
     plan = du.main_first(lambda: plan_run(cfg.run_dir, cfg, overwrite=overwrite, resume=resume))
     device, compute_dtype = check_pretrain(cfg, world, rank_device)
     pretrain_check(cfg, device, world)  # a step that cannot fit stops here, before any file
+    tasks = eval_tasks_of(cfg.train, "mlm" if cfg.objective == "mlm" else "causal_lm")
     with Run.begin(plan, verbose=verbose) as run:
         tokenizer, index = prepared_data(cfg, verbose)
         model_cfg = model_config(cfg.objective, cfg.model, tokenizer.vocab_size)
@@ -326,7 +328,10 @@ def _pretrain(
             flops_per_sample=task.flops_per_sample(),
             peak_flops=peak,
             report_perplexity=True,
+            # bits per byte for a causal LM; an MLM's masked positions are no text stream
+            token_bytes=tokenizer.token_bytes() if cfg.objective != "mlm" else None,
             callbacks=run.callbacks("val_loss"),
+            evaluators=task_evaluators(tasks, cfg.train, tokenizer),
             config=plan.config,
             strategy=cfg.distributed.strategy,
             activation_checkpointing=cfg.distributed.activation_checkpointing,
@@ -366,6 +371,7 @@ def _results(trainer: Any, model: Any, val: Any, run_dir: Path) -> dict[str, Any
         "params": sum(p.numel() for p in model.parameters()),
         "final_val_loss": final.get("val_loss"),
         "final_val_perplexity": final.get("val_perplexity"),
+        **({"final_val_bpb": final["val_bpb"]} if "val_bpb" in final else {}),
         **({"final_val_accuracy": final["val_accuracy"]} if "val_accuracy" in final else {}),
         **(_throughput(run_dir / "metrics.jsonl") if du.is_main() else {}),
         **({"world_size": du.world_size()} if du.world_size() > 1 else {}),
@@ -373,9 +379,12 @@ def _results(trainer: Any, model: Any, val: Any, run_dir: Path) -> dict[str, Any
 
 
 def _results_line(results: dict[str, Any], model_dir: Path) -> str:
+    bpb = results.get("final_val_bpb")
     return (
         f"val loss (whole split) {results['final_val_loss']:.4f}, perplexity "
-        f"{results['final_val_perplexity']:.2f}; model saved in {model_dir}\n--- sample ---"
+        f"{results['final_val_perplexity']:.2f}"
+        + (f", bits per byte {bpb:.4f}" if bpb is not None else "")
+        + f"; model saved in {model_dir}\n--- sample ---"
     )
 
 

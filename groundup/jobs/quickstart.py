@@ -42,6 +42,7 @@ QUICK_OVERRIDES: dict[str, dict[str, Any]] = {
     # configs/finetune-sft-lora.yaml: one epoch, evaluated at its end
     "sft": {"train.epochs": 1, "train.eval_every": None, "train.log_every": 20},
 }
+TASK_LIMIT = 100  # items per built-in task in the quickstart's comparison (a few seconds each)
 # stage -> (shipped config, its dataclass, the run folder inside the quickstart's run_dir)
 STAGES: dict[str, tuple[str, type, str]] = {
     "digits": ("digits-mlp.yaml", TrainJobConfig, "digits-mlp"),
@@ -151,13 +152,26 @@ def run_quickstart(
         sft_base_val_loss=base_val,
         sft_val_loss=sft["val_loss"],
         sft_trainable_share=sft["trainable_params"] / sft["total_params"],
+        gpt_val_bpb=gpt.get("final_val_bpb"),
     )
+    print("\n== the built-in evaluation tasks (groundup evaluate --tasks builtin) ==", flush=True)
+    scores = _task_scores(configs["gpt"].run_dir, sft_cfg.run_dir, run_dir / "tasks.json")
+    results["tasks_mean_centered"] = {k: v["mean_centered"] for k, v in scores.items()}
 
     print("\n== summary ==", flush=True)
     print(f"digits test accuracy: {results['digits_test_accuracy']:.4f}", flush=True)
+    bpb = results["gpt_val_bpb"]
     print(
         f"GPT validation loss: {results['gpt_val_loss']:.3f} "
-        f"(perplexity {gpt['final_val_perplexity']:.1f}); runs in {run_dir}",
+        f"(perplexity {gpt['final_val_perplexity']:.1f}"
+        + (f", {bpb:.3f} bits per byte" if bpb is not None else "")
+        + f"); runs in {run_dir}",
+        flush=True,
+    )
+    means = results["tasks_mean_centered"]
+    print(
+        "evaluation tasks, mean centered score (0 = chance): "
+        + ", ".join(f"{name} {value:+.3f}" for name, value in means.items()),
         flush=True,
     )
     print(
@@ -176,6 +190,11 @@ def run_quickstart(
     pages = [str(Path(d) / "report.html") for d in stages if (Path(d) / "report.html").is_file()]
     if pages:
         print("each run's report (open in a browser): " + " ".join(pages), flush=True)
+    print(
+        f"score models on tasks: groundup evaluate {configs['gpt'].run_dir} {sft_cfg.run_dir} "
+        "--tasks builtin; predict: groundup predict RUN --data FILE",
+        flush=True,
+    )
     print(
         f"compare runs: groundup report {configs['gpt'].run_dir} RUN_B ...; "
         f"find a learning rate: groundup lr-find {shipped_config('digits-mlp')}",
@@ -201,6 +220,41 @@ def _stage(run: Any, cfg: Any, resume: bool, verbose: int) -> tuple[dict[str, An
         if same and find_latest(path / "checkpoints") is not None:
             return run(None, config=cfg, resume=True, verbose=verbose), False
     return run(None, config=cfg, overwrite=True, verbose=verbose), False
+
+
+def _task_scores(gpt_dir: str | Path, sft_dir: str | Path, out: Path) -> dict[str, Any]:
+    """The built-in tasks (held out from every built-in training set) on an untrained GPT of
+    the same shape, the pretrained GPT and the tuned one: what each training stage bought."""
+    import torch
+
+    from groundup.evals.lm import LMScorer
+    from groundup.evals.runner import evaluate_tasks, format_table
+    from groundup.evals.training import chat_formatter
+    from groundup.files import write_text_atomic
+    from groundup.jobs.evaluate_tasks import task_refs
+    from groundup.models.folders import load_model
+
+    base, tuned = load_model(gpt_dir), load_model(sft_dir)
+    torch.manual_seed(0)
+    untrained = type(base.model)(base.model.config)
+    models = {
+        "untrained": (untrained, base.tokenizer, None),
+        "pretrained": (base.model, base.tokenizer, None),
+        "tuned (SFT)": (
+            tuned.model,
+            tuned.tokenizer,
+            chat_formatter(tuned.tokenizer, tuned.meta.get("template", "auto")),
+        ),
+    }
+    tasks = task_refs("builtin")
+    scores: dict[str, Any] = {}
+    for name, (model, tokenizer, chat) in models.items():
+        scorer = LMScorer(model, tokenizer, device="cpu", batch_size=32)
+        scores[name] = evaluate_tasks(scorer, tasks, limit=TASK_LIMIT, format_prompt=chat)
+        scores[name].pop("predictions")
+    print(format_table(scores), flush=True)
+    write_text_atomic(out, json.dumps(scores, indent=2))
+    return scores
 
 
 def _base_sft_loss(base: Path, cfg: FinetuneConfig) -> float:

@@ -49,6 +49,11 @@ class TrainLoopConfig(LoopConfig):
             isinstance(self.epochs, int) and self.epochs >= 1,
             f"train.epochs must be an integer >= 1, got {self.epochs!r}",
         )
+        check(
+            not self.eval_tasks,
+            "train.eval_tasks scores language models (groundup pretrain/finetune); a groundup "
+            "train run is scored by its metrics: remove train.eval_tasks",
+        )
 
 
 @dataclass

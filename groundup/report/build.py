@@ -97,6 +97,8 @@ def headline(run: RunData) -> str:
         ("tokens seen", s.tokens) if s.tokens is not None else ("samples seen", s.samples),
         ("wall time (training)", h.fmt_seconds(s.wall_time_s)),
     ]
+    if s.val_bpb is not None:
+        pairs.insert(4, ("validation bits per byte", h.fmt(s.val_bpb)))
     body = h.key_values(pairs)
     finals = final_figures(run)
     if finals:
@@ -211,6 +213,7 @@ def comparison_table(runs: Sequence[RunData]) -> str:
         "command",
         "best val loss",
         "step of best",
+        "val bpb",
         "last train loss",
         "steps",
         "tokens",
@@ -228,6 +231,7 @@ def comparison_table(runs: Sequence[RunData]) -> str:
                 run.command,
                 s.best_val_loss,
                 s.best_step,
+                s.val_bpb,
                 s.final_loss,
                 s.steps,
                 s.tokens,

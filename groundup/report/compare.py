@@ -31,6 +31,7 @@ class Summary:
     samples: int | None
     wall_time_s: float | None
     params: int | None
+    val_bpb: float | None = None  # bits per byte: compares language models across tokenizers
 
 
 def _last(run: RunData, key: str) -> float | None:
@@ -71,6 +72,7 @@ def summarize(run: RunData) -> Summary:
         samples=_as_int(_last(run, "samples")),
         wall_time_s=_last(run, "time_s"),
         params=run.params,
+        val_bpb=number((run.results or {}).get("final_val_bpb")) or _last(run, "val_bpb"),
     )
 
 

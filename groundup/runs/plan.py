@@ -27,7 +27,12 @@ CHECKPOINTS = "checkpoints"
 # resume (the folder moved, another number of GPUs, DDP instead of FSDP2).
 NOT_COMPARED = ("run_dir", "resume", "distributed")
 # Section keys that say where a run reports or what it checks, not what it computes.
-NOT_COMPARED_KEYS = ("train.loggers", "train.check_memory")
+NOT_COMPARED_KEYS = (
+    "train.loggers",
+    "train.check_memory",
+    "train.eval_tasks",  # greedy scoring in eval mode: the training itself is the same
+    "train.eval_tasks_limit",
+)
 # What a resume may change: the length of the run (extending a finished run is the one change
 # a user needs; the schedule then spans the new length).
 MAY_GROW = ("train.max_steps", "train.epochs")

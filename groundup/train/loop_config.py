@@ -41,11 +41,22 @@ class LoopConfig:
     )
     # tensorboard, wandb, mlflow, csv, jsonl (metrics.jsonl is always written); see docs/loggers.md
     loggers: list[str] = field(default_factory=list)
+    # language models: evaluation tasks scored at each evaluation (built-in names such as
+    # stdlib-describe, or task spec files); see docs/evaluation.md
+    eval_tasks: list[str] = field(default_factory=list)
+    eval_tasks_limit: int | None = 100  # items scored per task at each evaluation; null: all
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "grad_accum", "log_every"):
             _at_least_one(key, getattr(self, key))
-        for key in ("max_steps", "eval_every", "eval_batches", "checkpoint_every", "keep_last"):
+        for key in (
+            "max_steps",
+            "eval_every",
+            "eval_batches",
+            "checkpoint_every",
+            "keep_last",
+            "eval_tasks_limit",
+        ):
             value = getattr(self, key)
             if value is not None:
                 _at_least_one(key, value, " or null")
@@ -59,6 +70,12 @@ class LoopConfig:
             f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
         )
         self.loggers = check_loggers(self.loggers)  # names, and their packages installed
+        check(
+            isinstance(self.eval_tasks, list)
+            and all(isinstance(t, str) and t.strip() for t in self.eval_tasks),
+            "train.eval_tasks must be a list of built-in task names or task spec files "
+            f"(e.g. [stdlib-describe, stdlib-qa]), got {self.eval_tasks!r}",
+        )
 
     def fit_options(self) -> dict[str, Any]:
         """The keyword arguments of `Trainer.fit` this section decides."""

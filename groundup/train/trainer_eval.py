@@ -39,6 +39,7 @@ class EvaluationMixin:
         self.model.eval()
         metrics = [_fresh(m) for m in self.metrics]
         total = torch.zeros((), dtype=torch.float64, device=self.device)
+        text = torch.zeros(2, dtype=torch.float64, device=self.device)  # nats, bytes (bpb)
         count = 0
         for i, batch in enumerate(data):
             if max_batches is not None and i >= max_batches:
@@ -49,6 +50,8 @@ class EvaluationMixin:
                 outputs = self._forward(x)
                 total += self.loss_fn.sum(outputs, y).double()
             count += int(self.loss_fn.count(y))
+            if self.token_bytes is not None:
+                text += self._text_sums(outputs, y)
             if metrics:
                 out = _at_least_fp32(outputs)
                 if self._metric_transform is not None:
@@ -62,6 +65,7 @@ class EvaluationMixin:
         logs = {f"{prefix}loss": float(total / count)}
         if self.report_perplexity:
             logs[f"{prefix}perplexity"] = math.exp(min(logs[f"{prefix}loss"], 700.0))
+        logs.update(_bits_per_byte(text, prefix))
         for m in metrics:
             logs[f"{prefix}{m.name}"] = m.compute()
         return logs
@@ -72,7 +76,8 @@ class EvaluationMixin:
     ) -> dict[str, float]:
         was_training = self.model.training
         self.model.eval()
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, item count
+        # loss sum, item count, and for bits per byte: the nats and bytes of the text tokens
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
         shares = data_parallel.round_robin(data, max_batches, self.rank, self.world_size)
         for batch, mine in shares:  # not mine: a throwaway forward (FSDP needs every rank)
             batch = self._to_device(batch)
@@ -82,6 +87,8 @@ class EvaluationMixin:
             if mine:
                 sums[0] += loss_sum
                 sums[1] += float(self.loss_fn.count(batch[1]))
+                if self.token_bytes is not None:
+                    sums[2:] += self._text_sums(outputs, batch[1])
         dist_utils.all_reduce_sum(sums)
         self.model.train(was_training)
         total, count = float(sums[0]), float(sums[1])
@@ -91,7 +98,24 @@ class EvaluationMixin:
         logs = {f"{prefix}loss": total / count}
         if self.report_perplexity:
             logs[f"{prefix}perplexity"] = math.exp(min(logs[f"{prefix}loss"], 700.0))
+        logs.update(_bits_per_byte(sums[2:], prefix))
         return logs
+
+    def _text_sums(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(nats, bytes) of the targets that stand for text: the plain cross-entropy (no label
+        smoothing) of each token whose id has bytes, and those bytes. Special tokens (end of
+        text) and ignored targets count in neither, as nanochat counts them."""
+        valid = targets >= 0
+        ids = targets.clamp(min=0)
+        table = self.token_bytes.to(targets.device)
+        sizes = torch.where(valid, table[ids.clamp(max=table.numel() - 1)], 0)
+        nats = torch.nn.functional.cross_entropy(
+            logits.flatten(0, -2).to(torch.promote_types(logits.dtype, torch.float32)),
+            ids.flatten(),
+            reduction="none",
+        )
+        keep = sizes.flatten() > 0
+        return torch.stack((nats[keep].double().sum(), sizes.sum().double()))
 
     @torch.no_grad()
     def predict(self, data: Iterable[Batch] | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -112,6 +136,14 @@ class EvaluationMixin:
                 outs.append(out.cpu())
         self.model.train(was_training)
         return torch.cat(outs) if outs else torch.empty(0)
+
+
+def _bits_per_byte(sums: torch.Tensor, prefix: str) -> dict[str, float]:
+    """{prefix + "bpb": nats / (ln 2 * bytes)} when bytes were counted."""
+    nats, n_bytes = float(sums[0]), float(sums[1])
+    if n_bytes <= 0:
+        return {}
+    return {f"{prefix}bpb": nats / (math.log(2) * n_bytes)}
 
 
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
