@@ -459,3 +459,13 @@ def test_end_to_end_with_the_real_scorer_on_a_tiny_gpt():
     lls = res["predictions"]["stdlib-describe"][0]["logliks"]
     assert len(lls) == 4 and all(ll < 0 for ll in lls)
     assert math.isfinite(res["mean_centered"])
+
+
+def test_distinct_n_tells_degenerate_answers_from_varied_ones() -> None:
+    from groundup.evals.metrics import distinct_n
+
+    assert distinct_n(["the value of the value of the value of"], 2) == pytest.approx(3 / 8)
+    assert distinct_n(["Return a copy.", "Open the file for reading."], 2) == 1.0
+    assert distinct_n(["one", ""], 2) == 0.0  # no bigram at all
+    # across answers: the same answer to every question repeats every bigram
+    assert distinct_n(["close the file"] * 4, 2) == pytest.approx(2 / 8)

@@ -92,3 +92,16 @@ def perplexity(logliks: Sequence[float]) -> float:
         return math.nan
     nll = -mean(logliks)
     return math.exp(nll) if nll < 700 else math.inf  # math.exp overflows past ~709
+
+
+def distinct_n(texts: Sequence[str], n: int = 2) -> float:
+    """Distinct-n (Li et al., 2016): unique word n-grams over all word n-grams of the answers.
+    A model that answers every question with "the value of the value of ..." scores near 0;
+    varied answers near 1. 0.0 when the answers hold no n-gram."""
+    grams = [
+        tuple(words[i : i + n])
+        for text in texts
+        for words in [text.lower().split()]
+        for i in range(len(words) - n + 1)
+    ]
+    return len(set(grams)) / len(grams) if grams else 0.0

@@ -25,6 +25,7 @@ from groundup.errors import ConfigError
 from groundup.evals.metrics import (
     centered,
     choice_predictions,
+    distinct_n,
     exact_match,
     mean,
     perplexity,
@@ -242,7 +243,9 @@ def _generation(
                 "doc": dict(item.doc),
             }
         )
-    return {"exact_match": mean(ems), "f1": mean(f1s), "baseline": 0.0}, rows
+    summary = {"exact_match": mean(ems), "f1": mean(f1s), "baseline": 0.0}
+    summary["distinct_2"] = distinct_n([row["predicted"] for row in rows], 2)  # degenerate: ~0
+    return summary, rows
 
 
 _SCORERS = {"multiple_choice": _multiple_choice, "cloze": _cloze, "generation": _generation}
@@ -270,7 +273,7 @@ def _file_name(name: str) -> str:
 _SHOWN = {
     "multiple_choice": ("acc", "acc_norm"),
     "cloze": ("acc", "perplexity"),
-    "generation": ("exact_match", "f1"),
+    "generation": ("exact_match", "f1", "distinct_2"),
 }
 
 
@@ -308,7 +311,8 @@ def format_table(results_by_model: Mapping[str, Mapping[str, Any]]) -> str:
         metrics = [*_SHOWN.get(first.get("kind", ""), (first.get("metric", "score"),)), "centered"]
         for j, metric in enumerate(metrics):
             mark = "*" if metric == first.get("metric") else ""
-            baseline = first.get("baseline") if metric not in ("perplexity", "centered") else None
+            no_baseline = ("perplexity", "centered", "distinct_2")
+            baseline = first.get("baseline") if metric not in no_baseline else None
             if metric == "centered":
                 baseline = 0.0
             values = [
