@@ -4,14 +4,12 @@ The model learns only what the assistant says. Every target that is a system, us
 template token, or padding, is -100 (skipped by SparseCategoricalCrossentropy); the marker
 that ends an assistant turn is trained, so the model learns to stop.
 
-Special markers: template text ("<|im_start|>user\\n") is encoded with allow_special=True, so
-a marker that the tokenizer holds as a special token becomes its one id, and a marker it lacks
-is ordinary text (several tokens: still correct, only longer; generation then needs a stop
-string). Message content is always encoded with allow_special=False: a user who types
-"<|im_end|>" cannot forge the end of a turn.
-
-Segments are encoded one by one (torchtune does the same per message), so a prompt must be
-encoded for generation with `encode_prompt`, not by rendering one string and encoding it.
+Templates are Jinja strings (chat_templates.py), and a conversation is encoded as
+transformers' `apply_chat_template(messages, tokenize=True)` encodes it on an export: the
+rendered text, with every added-token string the template wrote ("<|im_start|>") as its id
+and the text between encoded whole (a marker the tokenizer lacks is ordinary text: still
+correct, only longer; generation then needs a stop string). Special-token strings typed in
+message content stay text: a user who types "<|im_end|>" cannot forge the end of a turn.
 """
 
 from __future__ import annotations
@@ -29,21 +27,44 @@ import torch
 from torch import Tensor
 
 from groundup.data.tokenizers import Tokenizer
-from groundup.errors import ConfigError, DataError, MissingFileError, TokenizerError
-from groundup.registry import did_you_mean, lookup
+from groundup.errors import ConfigError, DataError, MissingFileError
+from groundup.finetune.chat_encoding import chat_codec
+from groundup.finetune.chat_templates import (
+    CHAT_TEMPLATES,
+    ChatTemplate,
+    Message,
+    assistant_end,
+    load_template,
+    pick_template,
+    render_chat,
+    resolve_template,
+    template_tokens,
+)
+from groundup.registry import did_you_mean
 
 IGNORE_INDEX = -100  # what SparseCategoricalCrossentropy skips
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
-EOT = "{eot}"  # placeholder in a template: the tokenizer's end-of-text token
+# more truncated examples than this share of a data set is a warning (any dropped one too)
+TRUNCATION_WARN_FRACTION = 0.05
+__all__ = [  # chat_templates names are re-exported: callers import them from here
+    "CHAT_TEMPLATES",
+    "ChatTemplate",
+    "Conversation",
+    "Message",
+    "SFTTensors",
+    "encode_chat",
+    "encode_prompt",
+    "encode_sft",
+    "get_template",
+    "pick_template",
+    "read_sft_jsonl",
+    "render",
+    "stop_ids",
+    "template_tokens",
+]
 
 
 # ---- conversations -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Message:
-    role: str  # "system" | "user" | "assistant"
-    content: str
-
-
 @dataclass
 class Conversation:
     """The turns of one training example; `source` ("data.jsonl line 3") names it in errors."""
@@ -191,70 +212,17 @@ def read_sft_jsonl(
     return convs
 
 
-# ---- chat templates ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ChatTemplate:
-    """How turns become text: begin + per turn (header, content, end, separator).
-
-    Only assistant content and the assistant's `end` are trainable. `EOT` in an end stands
-    for the tokenizer's end-of-text token (the stop token groundup's generate knows).
-    """
-
-    name: str
-    headers: Mapping[str, str]  # role -> text before the content
-    ends: Mapping[str, str]  # role -> text after the content (the assistant's is trained)
-    separator: str = ""  # after every turn's end; never trained
-    begin: str = ""  # once, before the first turn
-
-
-CHAT_TEMPLATES: dict[str, ChatTemplate] = {
-    # Alpaca-like; the stop marker is the tokenizer's own end-of-text (groundup's tokenizers
-    # hold "<|endoftext|>" as one special id), so it suits a model pretrained with groundup.
-    "plain": ChatTemplate(
-        "plain",
-        headers={"system": "", "user": "### Instruction:\n", "assistant": "### Response:\n"},
-        ends={"system": "\n\n", "user": "\n\n", "assistant": EOT},
-    ),
-    # Qwen / OpenAI ChatML.
-    "chatml": ChatTemplate(
-        "chatml",
-        headers={r: f"<|im_start|>{r}\n" for r in ROLES},
-        ends=dict.fromkeys(ROLES, "<|im_end|>"),
-        separator="\n",
-    ),
-    # Llama 3 instruct.
-    "llama3": ChatTemplate(
-        "llama3",
-        headers={r: f"<|start_header_id|>{r}<|end_header_id|>\n\n" for r in ROLES},
-        ends=dict.fromkeys(ROLES, "<|eot_id|>"),
-        begin="<|begin_of_text|>",
-    ),
-}
-
-
-def pick_template(tokenizer: Tokenizer) -> str:
-    """The template whose markers this tokenizer holds as special tokens, else "plain"."""
-    special = set(tokenizer.special_tokens)
-    if {"<|im_start|>", "<|im_end|>"} <= special:
-        return "chatml"
-    if {"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"} <= special:
-        return "llama3"
-    return "plain"
-
-
+# ---- chat templates (chat_templates.py) ----------------------------------------------------
 def get_template(name: str | ChatTemplate, tokenizer: Tokenizer | None = None) -> ChatTemplate:
-    """A template by name; "auto" picks by the tokenizer's special tokens (see pick_template)."""
-    if isinstance(name, ChatTemplate):
-        return name
-    if isinstance(name, str) and name.lower() == "auto":
-        return CHAT_TEMPLATES[pick_template(tokenizer) if tokenizer is not None else "plain"]
-    return lookup({**CHAT_TEMPLATES, "auto": None}, name, "chat template")  # type: ignore[return-value]
+    """A template by name (auto, plain, chatml, llama3), Jinja file or Jinja string, checked;
+    "auto" picks by the tokenizer's special tokens (see pick_template)."""
+    return load_template(name, tokenizer)
 
 
 class Segment(NamedTuple):
     text: str
     trainable: bool  # its tokens are targets (assistant content and its end marker)
-    special: bool  # template text: special-token strings in it map to their ids
+    special: bool  # template text (only assistant replies are told apart from it)
 
 
 def render(
@@ -262,42 +230,39 @@ def render(
     template: str | ChatTemplate = "plain",
     eot_token: str | None = "<|endoftext|>",
     add_generation_prompt: bool = False,
+    *,
+    tokens: Mapping[str, str] | None = None,
 ) -> list[Segment]:
-    """The conversation as template segments; empty segments are left out.
+    """The conversation as the template writes it, cut into trained and untrained segments
+    (an assistant reply, its end marker, the text between); empty segments are left out.
 
-    add_generation_prompt appends the assistant header: the prompt for generation.
+    `tokens` are the template's bos/eos/pad/unk strings (`template_tokens(tokenizer)`);
+    without them bos and eos are `eot_token`. add_generation_prompt appends the assistant
+    header: the prompt for generation. Encoding goes through `encode_chat`, not these pieces:
+    a BPE encodes the text whole, as transformers does.
     """
-    tmpl = get_template(template)
     msgs = conversation.messages if isinstance(conversation, Conversation) else conversation
-    out: list[Segment] = []
-
-    def add(text: str, trainable: bool, special: bool) -> None:
-        if text:
-            out.append(Segment(text, trainable, special))
-
-    def marker(text: str) -> str:
-        if EOT in text:
-            if eot_token is None:
-                raise TokenizerError(
-                    f"chat template '{tmpl.name}' ends each response with the end-of-text "
-                    "token, but this tokenizer has none; use a tokenizer with '<|endoftext|>' "
-                    "(groundup's default) or another template (chatml, llama3)"
-                )
-            text = text.replace(EOT, eot_token)
-        return text
-
-    add(tmpl.begin, False, True)
     for m in msgs:
         if m.role not in ROLES:
             raise DataError(f"unknown role '{m.role}'; valid roles: {', '.join(ROLES)}")
-        bot = m.role == "assistant"
-        add(tmpl.headers[m.role], False, True)
-        add(m.content, bot, False)
-        add(marker(tmpl.ends[m.role]), bot, True)
-        add(tmpl.separator, False, True)
-    if add_generation_prompt:
-        add(tmpl.headers["assistant"], False, True)
-    return out
+    if tokens is None:
+        tokens = {"bos_token": eot_token, "eos_token": eot_token} if eot_token else {}
+    tmpl = resolve_template(template)
+    assistant_end(tmpl, tokens)  # the checks (an end-of-text token the template needs)
+    out = render_chat(tmpl, msgs, tokens, add_generation_prompt)
+    replies = iter([m.content for m in msgs if m.role == "assistant"])
+    segments: list[Segment] = []
+    at = 0
+    for a, b in out.spans:
+        segments.append(Segment(out.text[at:a], False, True))
+        reply, span = next(replies, ""), out.text[a:b]
+        if reply and span.startswith(reply):
+            segments += [Segment(reply, True, False), Segment(span[len(reply) :], True, True)]
+        else:
+            segments.append(Segment(span, True, True))
+        at = b
+    segments.append(Segment(out.text[at:], False, True))
+    return [s for s in segments if s.text]
 
 
 # ---- tokenization --------------------------------------------------------------------------
@@ -306,36 +271,46 @@ def _eot_token(tokenizer: Tokenizer) -> str | None:
     return None if i is None else tokenizer.id_to_token(i)
 
 
-def _encode_segments(
-    segments: list[list[Segment]], tokenizer: Tokenizer
+def _messages(conversation: Conversation | Sequence[Message]) -> Sequence[Message]:
+    return conversation.messages if isinstance(conversation, Conversation) else conversation
+
+
+def encode_chat(
+    conversation: Conversation | Sequence[Message],
+    tokenizer: Tokenizer,
+    template: str | ChatTemplate = "auto",
+    add_generation_prompt: bool = False,
+) -> tuple[list[int], list[bool]]:
+    """Token ids of a conversation through its template, and which ids are trained.
+
+    The ids are those of transformers' `apply_chat_template(messages, tokenize=True)` on an
+    export of this tokenizer and template (with `sanitize_control_tokens=True` when content
+    holds special-token strings; those stay text here).
+    """
+    where = conversation.source if isinstance(conversation, Conversation) else ""
+    ids, mask = _encode(
+        [(_messages(conversation), where)], tokenizer, template, add_generation_prompt
+    )[0]
+    return ids.tolist(), mask.tolist()
+
+
+def _encode(
+    conversations: Sequence[tuple[Sequence[Message], str]],
+    tokenizer: Tokenizer,
+    template: str | ChatTemplate,
+    add_generation_prompt: bool = False,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(ids, trainable mask) per conversation; content is encoded in one batch call."""
-    contents = [s.text for segs in segments for s in segs if not s.special]
-    content_ids = iter(tokenizer.encode_batch_arrays(contents))  # parallel in Rust for BPE
-    eot, eot_id = _eot_token(tokenizer), tokenizer.eot_id
-    cache: dict[str, np.ndarray] = {}  # a template has a handful of distinct marker strings
-    out = []
-    for segs in segments:
-        pieces: list[np.ndarray] = []
-        for s in segs:
-            if not s.special:
-                pieces.append(next(content_ids))
-                continue
-            ids = cache.get(s.text)
-            if ids is None:
-                # the eot id directly, even if a foreign tokenizer forgot to flag it special
-                ids = (
-                    np.array([eot_id], dtype=np.int64)
-                    if s.text == eot
-                    else tokenizer.encode_array(s.text, allow_special=True)
-                )
-                cache[s.text] = ids
-            pieces.append(ids)
-        lengths = [len(p) for p in pieces]
-        ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
-        mask = np.repeat(np.array([s.trainable for s in segs], dtype=bool), lengths)
-        out.append((ids, mask))
-    return out
+    """(ids, trained mask) of each (messages, where) through the template; a BPE encodes
+    them all in one call."""
+    tmpl = get_template(template, tokenizer)
+    tokens = template_tokens(tokenizer)
+    codec = chat_codec(tokenizer)
+    codec.check_template_chars(tmpl, tokens)  # before any data: the template's own text
+    items = []
+    for msgs, where in conversations:
+        r = render_chat(tmpl, msgs, tokens, add_generation_prompt, where)
+        items.append((r, codec.protected(tmpl, msgs, tokens, r, add_generation_prompt)))
+    return codec.encode(items, [where for _, where in conversations])
 
 
 def encode_prompt(
@@ -348,22 +323,19 @@ def encode_prompt(
     A final assistant turn is left out, so a held-out training conversation gives the prompt
     its response answers.
     """
-    tmpl = get_template(template, tokenizer)
-    msgs = conversation.messages if isinstance(conversation, Conversation) else conversation
+    msgs = _messages(conversation)
     if msgs and msgs[-1].role == "assistant":
-        conversation = list(msgs[:-1])
-    segs = render(conversation, tmpl, _eot_token(tokenizer), add_generation_prompt=True)
-    ids, _ = _encode_segments([segs], tokenizer)[0]
-    return ids.tolist()
+        msgs = list(msgs[:-1])
+    return encode_chat(msgs, tokenizer, template, add_generation_prompt=True)[0]
 
 
 def stop_ids(tokenizer: Tokenizer, template: str | ChatTemplate = "auto") -> list[int]:
     """Ids of the marker that ends an assistant turn (one id when the tokenizer has it)."""
     tmpl = get_template(template, tokenizer)
-    end = tmpl.ends["assistant"]
-    if end == EOT:
+    end = assistant_end(tmpl, template_tokens(tokenizer))
+    if not end.strip():
         return [] if tokenizer.eot_id is None else [tokenizer.eot_id]
-    return tokenizer.encode(end, allow_special=True)
+    return chat_codec(tokenizer).encode_text(end)
 
 
 # ---- tensors -------------------------------------------------------------------------------
@@ -371,7 +343,10 @@ def stop_ids(tokenizer: Tokenizer, template: str | ChatTemplate = "auto") -> lis
 class SFTTensors:
     """Rows for next-token training: labels[r, t] is the target after input_ids[r, t].
 
-    Shapes: input_ids (N, T) int64, labels (N, T) int64 with -100 where no loss is taken.
+    Shapes: input_ids (N, T) int64, labels (N, T) int64 with -100 where no loss is taken;
+    packed rows also have doc_ids (N, T) int64: which example of its row each position
+    belongs to (0, 1, ... along the row; padding gets the next number), which the model
+    turns into restarted positions and a block-diagonal causal mask.
     """
 
     input_ids: Tensor
@@ -381,6 +356,8 @@ class SFTTensors:
     dropped: int  # conversations whose every response token was cut off
     packed: bool
     n_tokens: int = 0  # real (non-padding) input tokens
+    doc_ids: Tensor | None = None  # packed rows only
+    longest: int = 0  # tokens of the longest conversation, before truncation
 
     @property
     def n_rows(self) -> int:
@@ -389,6 +366,14 @@ class SFTTensors:
     @property
     def n_trainable_tokens(self) -> int:
         return int((self.labels != IGNORE_INDEX).sum())
+
+    @property
+    def model_inputs(self) -> Tensor:
+        """What a batch feeds the model: input_ids (N, T), or for packed rows input ids and
+        document ids stacked as (N, 2, T), the packed form GPT.forward reads."""
+        if self.doc_ids is None:
+            return self.input_ids
+        return torch.stack([self.input_ids, self.doc_ids], dim=1)  # (N, 2, T)
 
     def stats(self) -> dict[str, Any]:
         """Counts for the job log and the run directory."""
@@ -403,7 +388,24 @@ class SFTTensors:
             "truncated": self.truncated,
             "dropped": self.dropped,
             "packed": self.packed,
+            "longest": self.longest,
         }
+
+
+def truncation_warning(t: SFTTensors, max_len: int, what: str = "SFT data") -> str | None:
+    """A warning when cutting costs too much: any example dropped, or more than
+    TRUNCATION_WARN_FRACTION of them truncated; it says which length keeps them whole."""
+    total = t.n_examples + t.dropped
+    if not t.dropped and t.truncated <= TRUNCATION_WARN_FRACTION * total:
+        return None
+    cut = f"{t.truncated - t.dropped} truncated"
+    if t.dropped:
+        cut += f", {t.dropped} dropped (every response token cut off)"
+    return (
+        f"{what}: {t.truncated} of {total} examples ({100 * t.truncated / total:.1f}%) are "
+        f"longer than max_len {max_len} tokens: {cut}; data.max_len {t.longest - 1} keeps "
+        "every example whole (the model's block_size must be at least that), or shorten them"
+    )
 
 
 def _pack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -446,6 +448,8 @@ def encode_sft(
 ) -> SFTTensors:
     """Tokenize, mask and batch conversations into (N, T) inputs and -100-masked labels.
 
+    - Each conversation is encoded as `encode_chat` encodes it: the ids transformers gives
+      on an export; its assistant replies and their end markers are the targets.
     - Truncation keeps the first block_size + 1 tokens of a conversation (block_size
       positions); a conversation left with no trainable target is dropped and counted.
     - Without packing: one conversation per row, right-padded to the longest row in the
@@ -453,22 +457,19 @@ def encode_sft(
     - With packing: whole conversations are placed into rows of block_size + 1 tokens by
       best-fit decreasing; none is ever split (a response cut from its prompt would teach
       answers without questions), at the price of a little padding at row ends, far less
-      than one conversation per row. Packed conversations see each other through causal
-      attention (as in pretraining); no target crosses a boundary, because the first token
-      of every conversation is never a target.
+      than one conversation per row. `doc_ids` mark the examples of each row, so the model
+      attends within an example only and restarts its positions: a packed row trains
+      exactly as its examples would one by one. No target crosses a boundary either: the
+      first token of every conversation is never a target.
     Padding inputs hold pad_id (default: the tokenizer's pad id, else its eot id, else 0).
     """
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ConfigError(f"block_size must be a positive integer, got {block_size!r}")
     if not conversations:
         raise DataError("no conversations to encode; check the SFT data file")
-    tmpl = get_template(template, tokenizer)
-    eot = _eot_token(tokenizer)
-    segments = []
     for c in conversations:
         _check_conversation(c.messages, c.source or "a conversation")
-        segments.append(render(c, tmpl, eot))
-    encoded = _encode_segments(segments, tokenizer)
+    encoded = _encode([(c.messages, c.source) for c in conversations], tokenizer, template)
 
     cap = block_size + 1
     kept: list[tuple[np.ndarray, np.ndarray]] = []
@@ -503,8 +504,17 @@ def encode_sft(
     ids = _pad_rows(row_ids, width, int(pad_id))  # (N, W)
     mask = _pad_rows(row_mask, width, False)  # (N, W), padding is never a target
     labels = np.where(mask[:, 1:], ids[:, 1:], IGNORE_INDEX)  # (N, W-1): target of position t
+    lengths = np.array([len(r) for r in row_ids])
+    doc_ids = None
+    if packing:
+        real = np.arange(width)[None, :] < lengths[:, None]  # (N, W)
+        doc = np.repeat(np.array([[len(g)] for g in groups]), width, axis=1)  # padding: its own
+        doc[real] = np.concatenate(
+            [np.repeat(np.arange(len(g)), [len(kept[i][0]) for i in g]) for g in groups]
+        )
+        doc_ids = torch.from_numpy(np.ascontiguousarray(doc[:, :-1]))  # (N, W-1)
     # a full row's last token is only a target; a shorter row's last token is an input
-    n_tokens = int(np.minimum([len(r) for r in row_ids], width - 1).sum())
+    n_tokens = int(np.minimum(lengths, width - 1).sum())
     return SFTTensors(
         input_ids=torch.from_numpy(np.ascontiguousarray(ids[:, :-1])),
         labels=torch.from_numpy(labels),
@@ -513,4 +523,6 @@ def encode_sft(
         dropped=dropped,
         packed=packing,
         n_tokens=n_tokens,
+        doc_ids=doc_ids,
+        longest=max(len(i) for i, _ in encoded),
     )

@@ -50,9 +50,16 @@ def export_hf(
     labels: Sequence[str] | None = None,
     *,
     overwrite: bool = False,
+    chat_template: Any = None,
 ) -> Path:
     """Write `model` as a Hugging Face folder: config.json, model.safetensors and, with a
     tokenizer, tokenizer.json + tokenizer_config.json + special_tokens_map.json.
+
+    A GPT language model's tokenizer_config.json also gets `chat_template`, the Jinja string
+    `AutoTokenizer.apply_chat_template` renders: `chat_template` (a name, a .jinja path, a
+    Jinja string or a ChatTemplate: what an SFT run trained with) or, when None, the built-in
+    template this tokenizer suits (`pick_template`), left out when the tokenizer cannot
+    serve it (no end-of-text token for "plain").
 
     GPT -> GPT2LMHeadModel / LlamaForCausalLM / Qwen2ForCausalLM; GPTForSequenceClassification
     -> *ForSequenceClassification; Bert -> BertModel; BertForMaskedLM; BertForSequenceClassification
@@ -69,8 +76,11 @@ def export_hf(
 
         model = merge_lora(copy.deepcopy(model))
     hf_config, tensors, block_size = _to_hf(model, labels)
+    template = None
     if tokenizer is not None:
         tokenizer.check_fits(hf_config["vocab_size"])
+        if isinstance(model, GPT):
+            template = _chat_template(tokenizer, chat_template)
     _add_token_ids(hf_config, model, tokenizer)
     dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
     hf_config["dtype"] = hf_config["torch_dtype"] = dtype  # transformers >= 4.56 / older
@@ -85,7 +95,7 @@ def export_hf(
         _write_json(tmp / CONFIG_FILE, hf_config)
         if tokenizer is not None:
             bert = hf_config["model_type"] == "bert"
-            _write_tokenizer(tmp, tokenizer, bert, block_size)
+            _write_tokenizer(tmp, tokenizer, bert, block_size, template)
         _write_json(tmp / EXPORT_MARKER, marker)
         swap_in(tmp, out)
     except BaseException:
@@ -200,7 +210,25 @@ def _first_id(tok: Tokenizer, names: Sequence[str]) -> int | None:
     return next((i for i in map(tok.token_to_id, names) if i is not None), None)
 
 
-def _write_tokenizer(folder: Path, tok: Tokenizer, bert: bool, block_size: int) -> None:
+def _chat_template(tok: Tokenizer, spec: Any) -> str | None:
+    """The Jinja text of the export's chat template (see export_hf), checked on this tokenizer."""
+    from groundup.errors import TokenizerError
+    from groundup.finetune.chat_templates import load_template, needs_eos, resolve_template
+
+    if spec is None:
+        tmpl = resolve_template("auto", tok)
+        if needs_eos(tmpl) and tok.eot_id is None:
+            return None  # the auto choice cannot serve this tokenizer: no template at all
+        spec = tmpl
+    try:
+        return load_template(spec, tok).source
+    except TokenizerError as e:
+        raise ConfigError(f"cannot export the chat template: {e}") from None
+
+
+def _write_tokenizer(
+    folder: Path, tok: Tokenizer, bert: bool, block_size: int, chat_template: str | None = None
+) -> None:
     text = _bert_tokenizer_json(tok) if bert else tok.to_json()
     (folder / TOKENIZER_FILE).write_text(text, encoding="utf-8")
     specials: dict[str, str] = {}
@@ -213,18 +241,21 @@ def _write_tokenizer(folder: Path, tok: Tokenizer, bert: bool, block_size: int) 
     if bert:
         for role, name in (("cls", "[CLS]"), ("sep", "[SEP]"), ("mask", "[MASK]")):
             add(f"{role}_token", tok.token_to_id(name))
+        add("pad_token", tok.pad_id)
+        add("unk_token", _first_id(tok, _UNK_NAMES))
     else:
-        bos = _first_id(tok, _BOS_NAMES)
-        add("bos_token", tok.eot_id if bos is None else bos)
-        add("eos_token", tok.eot_id)
-    add("pad_token", tok.pad_id)
-    add("unk_token", _first_id(tok, _UNK_NAMES))
-    config = {
+        from groundup.finetune.chat_templates import template_tokens
+
+        # the very strings SFT rendered its templates with: bos, eos, pad, unk
+        specials.update(template_tokens(tok))
+    config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": block_size,
         "clean_up_tokenization_spaces": False,
         **specials,
     }
+    if chat_template is not None:
+        config["chat_template"] = chat_template
     _write_json(folder / "tokenizer_config.json", config)
     _write_json(folder / "special_tokens_map.json", specials)
 

@@ -76,9 +76,13 @@ class RotaryEmbedding(nn.Module):
         """cos, sin for positions [start, start + length), each (length, head_dim)."""
         return self.cos[start : start + length], self.sin[start : start + length]
 
+    def at(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos, sin for per-row positions (B, T) (packed rows), each (B, 1, T, head_dim)."""
+        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate x (B, nh, T, hs) by the position angles; cos/sin are (T, hs)."""
+    """Rotate x (B, nh, T, hs) by the position angles; cos/sin are (T, hs) or (B, 1, T, hs)."""
     # Cast the tables to x's dtype: under bf16 autocast q/k are bf16 and a float32 table would
     # promote them to float32 and break SDPA's same-dtype requirement.
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
@@ -192,7 +196,10 @@ class CausalSelfAttention(nn.Module):
         x: Tensor,
         rope: tuple[Tensor, Tensor] | None = None,
         kv_cache: KVCache | None = None,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
+        """attn_mask (B, 1, T, T) bool, True = attend, replaces the causal mask (packed rows:
+        `document_mask`); None keeps SDPA's is_causal kernel."""
         B, T, _ = x.shape
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.qkv(x).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
@@ -202,7 +209,7 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
 
-        mask, is_causal = None, True
+        mask, is_causal = attn_mask, attn_mask is None
         if kv_cache is not None:
             start = kv_cache.pos
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nkv, start+T, hs)
@@ -226,6 +233,27 @@ class CausalSelfAttention(nn.Module):
         y = attend(q, k, v, mask, dropout_p, is_causal, **gqa)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, nh * hs)  # (B, T, C): reshape copies only once
         return self.proj(y)
+
+
+def document_positions(doc_ids: Tensor) -> Tensor:
+    """(B, T) position of each token inside its document: 0 where a new document id starts.
+
+    Documents are contiguous runs of one id along a row (packed examples, then padding)."""
+    B, T = doc_ids.shape
+    t = torch.arange(T, device=doc_ids.device).expand(B, T)  # (B, T)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    first = torch.where(starts, t, torch.zeros_like(t)).cummax(dim=1).values  # (B, T)
+    return t - first
+
+
+def document_mask(doc_ids: Tensor) -> Tensor:
+    """(B, 1, T, T) bool, True = attend: causal and within the same document, so packed
+    examples never see each other (every row attends at least to itself: no empty softmax)."""
+    T = doc_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()  # (T, T)
+    same = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
+    return (same & causal).unsqueeze(1)  # (B, 1, T, T)
 
 
 class MLP(nn.Module):
@@ -281,6 +309,7 @@ class Block(nn.Module):
         x: Tensor,
         rope: tuple[Tensor, Tensor] | None = None,
         kv_cache: KVCache | None = None,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), rope, kv_cache))
+        x = x + self.drop(self.attn(self.norm1(x), rope, kv_cache, attn_mask))
         return x + self.drop(self.mlp(self.norm2(x)))

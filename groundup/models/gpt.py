@@ -28,6 +28,8 @@ from groundup.models.blocks import (
     RMSNorm,
     RotaryEmbedding,
     SwiGLU,
+    document_mask,
+    document_positions,
 )
 from groundup.models.model_config import ModelConfig, check_positive_int
 from groundup.registry import lookup
@@ -247,23 +249,46 @@ class GPT(nn.Module):
             elif isinstance(module, (nn.LayerNorm, RMSNorm, RotaryEmbedding)):
                 module.reset_parameters()
 
-    def forward(self, idx: Tensor, kv_cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self, idx: Tensor, kv_cache: KVCache | None = None, doc_ids: Tensor | None = None
+    ) -> Tensor:
         """Logits (B, T, vocab_size) for token ids idx (B, T), in the compute dtype.
 
         With `kv_cache`, idx holds only the new tokens; they sit at positions kv_cache.pos...
         and the cache advances by T. Token ids are not range-checked here (that costs a device
         sync per step); `generate` checks them once.
-        """
-        return self.lm_head(self.hidden_states(idx, kv_cache))  # (B, T, vocab_size)
 
-    def hidden_states(self, idx: Tensor, kv_cache: KVCache | None = None) -> Tensor:
+        doc_ids (B, T): packed rows, several documents (contiguous runs of one id) per row;
+        each token attends only within its document and positions restart at each, so a
+        packed row gives exactly the logits of its documents run one by one. A batch whose
+        input is one tensor carries them as idx of shape (B, 2, T): token ids, then doc ids
+        (what packed SFT batches hold). Without them the model runs SDPA's causal kernel.
+        """
+        return self.lm_head(self.hidden_states(idx, kv_cache, doc_ids))  # (B, T, vocab_size)
+
+    def hidden_states(
+        self, idx: Tensor, kv_cache: KVCache | None = None, doc_ids: Tensor | None = None
+    ) -> Tensor:
         """Final-normed hidden states (B, T, n_embd): the trunk without the lm_head, for heads."""
+        if idx.dim() == 3 and idx.shape[1] == 2 and doc_ids is None:
+            idx, doc_ids = idx[:, 0], idx[:, 1]  # the packed form: (B, 2, T)
         if idx.dim() != 2:
             raise ShapeError(
                 f"GPT expects token ids of shape (batch, time), got {tuple(idx.shape)}; "
                 "add a batch dimension with idx.unsqueeze(0)"
             )
         B, T = idx.shape
+        if doc_ids is not None:
+            if doc_ids.shape != idx.shape:
+                raise ShapeError(
+                    f"doc_ids {tuple(doc_ids.shape)} must have the shape of idx {(B, T)}; give "
+                    "one document id per token"
+                )
+            if kv_cache is not None:
+                raise ShapeError(
+                    "doc_ids (packed rows) cannot be used with a KV cache; generate one "
+                    "sequence per row instead"
+                )
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.config.block_size:
             where = f"{start} cached + {T} new tokens" if start else f"sequence of {T} tokens"
@@ -272,13 +297,23 @@ class GPT(nn.Module):
                 f"last {self.config.block_size} tokens or use a model with a larger block_size"
             )
         x = self.tok_emb(idx)  # (B, T, C)
-        if self.pos_emb is not None:
-            pos = torch.arange(start, start + T, device=idx.device)  # (T,)
-            x = x + self.pos_emb(pos)  # (B, T, C) + (T, C)
-        rope = self.rope(start, T) if self.rope is not None else None  # 2 x (T, hs)
+        mask = rope = None
+        if doc_ids is None:
+            if self.pos_emb is not None:
+                pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+                x = x + self.pos_emb(pos)  # (B, T, C) + (T, C)
+            if self.rope is not None:
+                rope = self.rope(start, T)  # 2 x (T, hs)
+        else:
+            pos = document_positions(doc_ids)  # (B, T)
+            mask = document_mask(doc_ids)  # (B, 1, T, T)
+            if self.pos_emb is not None:
+                x = x + self.pos_emb(pos)  # (B, T, C)
+            if self.rope is not None:
+                rope = self.rope.at(pos)  # 2 x (B, 1, T, hs)
         x = self.drop(x)
         for block in self.blocks:
-            x = block(x, rope, kv_cache)
+            x = block(x, rope, kv_cache, mask)
         if kv_cache is not None:
             kv_cache.advance(T)
         return self.norm(x)  # (B, T, C)
