@@ -1,4 +1,5 @@
-"""Autoregressive sampling with a KV cache: greedy, temperature, top-k, top-p.
+"""Autoregressive sampling with a KV cache: greedy, temperature, top-k, top-p, and repetition
+control (a repetition penalty, a ban on repeated n-grams).
 
 Works with any model shaped like `groundup.models.gpt.GPT`: `model(idx, kv_cache=None)`
 returns logits (B, T, vocab), `model.config` has block_size and vocab_size, and
@@ -8,12 +9,16 @@ Past block_size: without a cache, the context is cropped to the last block_size 
 step (nanoGPT's behaviour). With a cache, the cache serves the first block_size positions; when
 the sequence outgrows it, generation continues on the cropped window without the cache. Both
 paths give the same tokens; the second is simply slower per token once past block_size.
+
+Repetition control follows transformers' logits processors, so a setting means the same in both:
+the penalty and the n-gram ban look at the whole sequence, prompt included, and act on the logits
+before temperature, top-k and top-p (greedy takes the argmax of the processed logits).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +61,73 @@ def sample_logits(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
+def penalize_repeats(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """The CTRL repetition penalty (Keskar et al. 2019, as transformers applies it): the logit
+    of every token in `seen` (B, V) bool is divided by `penalty` when positive and multiplied
+    by it when negative, so a penalty > 1 always makes a seen token less likely."""
+    if penalty == 1.0:
+        return logits
+    # Trap: dividing a negative logit would raise its probability; hence the two branches.
+    punished = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen, punished, logits)
+
+
+class NgramBan:
+    """Bans the tokens that would repeat an n-gram already in the sequence (prompt included).
+
+    Kept up to date one token at a time (`push`), so each step costs a dict lookup, not a scan
+    of the sequence: per row, each (n-1)-token prefix maps to the tokens that followed it.
+    """
+
+    def __init__(self, n: int, rows: list[list[int]]) -> None:
+        self.n = n
+        self.seqs: list[list[int]] = [[] for _ in rows]
+        self.followers: list[dict[tuple[int, ...], set[int]]] = [{} for _ in rows]
+        for r, ids in enumerate(rows):
+            for token in ids:
+                self._add(r, token)
+
+    def _add(self, row: int, token: int) -> None:
+        seq = self.seqs[row]
+        seq.append(token)
+        if len(seq) >= self.n:
+            prefix = tuple(seq[len(seq) - self.n : -1])
+            self.followers[row].setdefault(prefix, set()).add(token)
+
+    def push(self, tokens: list[int]) -> None:
+        """Append one new token to each row."""
+        for r, token in enumerate(tokens):
+            self._add(r, token)
+
+    def banned(self, row: int) -> list[int]:
+        """The tokens that must not come next in `row`."""
+        seq = self.seqs[row]
+        if len(seq) < self.n:
+            return []
+        prefix = tuple(seq[len(seq) - self.n + 1 :])  # the last n-1 tokens (none when n=1)
+        return sorted(self.followers[row].get(prefix, ()))
+
+    def apply(self, logits: Tensor) -> Tensor:
+        """Logits (B, V) with the banned tokens at -inf. A row whose every token is banned (a
+        tiny vocabulary, n=1) is left as it is: sampling needs one finite logit."""
+        out = logits
+        for r in range(logits.size(0)):
+            ids = [i for i in self.banned(r) if i < logits.size(-1)]  # ids past V: never sampled
+            if not ids or len(ids) == logits.size(-1):
+                continue
+            if out is logits:
+                out = logits.clone()
+            out[r, ids] = float("-inf")
+        return out
+
+
 def _check_options(
-    max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
 ) -> None:
     if (
         isinstance(max_new_tokens, bool)
@@ -71,6 +141,18 @@ def _check_options(
         raise ConfigError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ConfigError(f"top_p must be in (0, 1] or None, got {top_p}")
+    if not repetition_penalty > 0:
+        raise ConfigError(
+            f"repetition_penalty must be > 0 (1 = off, 1.1-1.3 is usual), got {repetition_penalty}"
+        )
+    if (
+        isinstance(no_repeat_ngram_size, bool)
+        or not isinstance(no_repeat_ngram_size, int)
+        or no_repeat_ngram_size < 0
+    ):
+        raise ConfigError(
+            f"no_repeat_ngram_size must be an integer >= 0 (0 = off), got {no_repeat_ngram_size!r}"
+        )
 
 
 def generate(
@@ -85,6 +167,8 @@ def generate(
     use_cache: bool = True,
     on_token: Callable[[Tensor], Any] | None = None,
     vocab_limit: int | None = None,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
 ) -> Tensor:
     """Append up to max_new_tokens sampled tokens to the prompt idx (B, T) or (T,).
 
@@ -95,11 +179,59 @@ def generate(
     The model runs in eval mode under no_grad; its previous mode is restored afterwards.
     `vocab_limit` samples only ids below it: a model whose embedding is padded past its
     tokenizer (to a multiple of 64) must never emit a padding id, which has no text.
+    `repetition_penalty` (> 1 discourages tokens already in the sequence; 1 = off) and
+    `no_repeat_ngram_size` (n > 0: no n-gram occurs twice) are transformers' processors.
     """
-    _check_options(max_new_tokens, temperature, top_k, top_p)
-    cfg = model.config
     squeeze = idx.dim() == 1
-    if squeeze:
+    steps = stream_tokens(
+        model,
+        idx,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_id=eos_id,
+        seed=seed,
+        use_cache=use_cache,
+        vocab_limit=vocab_limit,
+        repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+    )
+    out = [idx.unsqueeze(0) if squeeze else idx]
+    for next_ids in steps:
+        out.append(next_ids[:, None])  # (B, 1)
+        if on_token is not None:
+            on_token(next_ids)
+    device = next(model.parameters()).device
+    tokens = torch.cat([t.to(device=device, dtype=torch.long) for t in out], dim=1)  # (B, T + n)
+    return tokens.squeeze(0) if squeeze else tokens
+
+
+def stream_tokens(
+    model: nn.Module,
+    idx: Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    seed: int | None = None,
+    use_cache: bool = True,
+    vocab_limit: int | None = None,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
+) -> Iterator[Tensor]:
+    """`generate`, one step at a time: an iterator of each step's new ids (B,).
+
+    The options are checked now, not at the first `next()`. Stopping early is just not asking
+    for more (a chat or a server stops at a stop string); close the iterator (or let it go) to
+    put the model back in its previous mode.
+    """
+    _check_options(
+        max_new_tokens, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size
+    )
+    cfg = model.config
+    if idx.dim() == 1:
         idx = idx.unsqueeze(0)
     if idx.dim() != 2 or idx.size(1) == 0:
         raise ShapeError(
@@ -116,44 +248,83 @@ def generate(
             f"token id {bad} is outside the model's vocabulary 0..{cfg.vocab_size - 1}; "
             "encode the prompt with the tokenizer the model was trained with"
         )
+    return _steps(
+        model,
+        idx,
+        max_new_tokens,
+        (temperature, top_k, top_p),
+        eos_id,
+        seed,
+        use_cache,
+        vocab_limit,
+        repetition_penalty,
+        no_repeat_ngram_size,
+    )
+
+
+def _steps(
+    model: nn.Module,
+    idx: Tensor,
+    max_new_tokens: int,
+    sampling: tuple[float, int | None, float | None],
+    eos_id: int | None,
+    seed: int | None,
+    use_cache: bool,
+    vocab_limit: int | None,
+    repetition_penalty: float,
+    no_repeat_ngram_size: int,
+) -> Iterator[Tensor]:
+    """The sampling loop behind `stream_tokens` (its arguments already checked)."""
     device = next(model.parameters()).device
     out = idx.to(device=device, dtype=torch.long)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
 
-    block = cfg.block_size
+    block = model.config.block_size
     cache = None
     if use_cache and max_new_tokens > 0:
         cache = model.new_kv_cache(min(block, out.size(1) + max_new_tokens))
     pending = out[:, -block:]  # tokens the cache has not seen yet
     finished = torch.zeros(out.size(0), dtype=torch.bool, device=device)
+    seen: Tensor | None = None  # (B, V + 1) bool: the tokens in the sequence, for the penalty
+    ngrams = NgramBan(no_repeat_ngram_size, out.tolist()) if no_repeat_ngram_size else None
 
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            for _ in range(max_new_tokens):
+        for _ in range(max_new_tokens):
+            with torch.no_grad():
                 if cache is not None and cache.pos + pending.size(1) > cache.max_len:
                     cache = None  # the cache is full: go on with cropped windows, no cache
                 if cache is not None:
                     logits = model(pending, kv_cache=cache)
                 else:
                     logits = model(out[:, -block:])
-                last = logits[:, -1, :vocab_limit]  # (B, V)
-                next_ids = sample_logits(last, temperature, top_k, top_p, generator)
-                if eos_id is not None:
-                    next_ids = next_ids.masked_fill(finished, eos_id)
-                    finished |= next_ids == eos_id
-                out = torch.cat((out, next_ids[:, None]), dim=1)  # (B, T + 1)
-                pending = next_ids[:, None]  # (B, 1)
-                if on_token is not None:
-                    on_token(next_ids)
-                if eos_id is not None and bool(finished.all()):
-                    break
+            last = logits[:, -1, :vocab_limit]  # (B, V)
+            if repetition_penalty != 1.0:
+                if seen is None:  # one spare column takes the ids past V (never sampled)
+                    width = last.size(-1)
+                    seen = torch.zeros(out.size(0), width + 1, dtype=torch.bool, device=device)
+                    seen.scatter_(1, out.clamp(max=width), True)
+                last = penalize_repeats(last, seen[:, :-1], repetition_penalty)
+            if ngrams is not None:
+                last = ngrams.apply(last)
+            next_ids = sample_logits(last, *sampling, generator=generator)
+            if eos_id is not None:
+                next_ids = next_ids.masked_fill(finished, eos_id)
+                finished |= next_ids == eos_id
+            out = torch.cat((out, next_ids[:, None]), dim=1)  # (B, T + 1)
+            pending = next_ids[:, None]  # (B, 1)
+            if seen is not None:
+                seen.scatter_(1, next_ids[:, None].clamp(max=seen.size(1) - 1), True)
+            if ngrams is not None:
+                ngrams.push(next_ids.tolist())
+            yield next_ids
+            if eos_id is not None and bool(finished.all()):
+                break
     finally:
         model.train(was_training)
-    return out.squeeze(0) if squeeze else out
 
 
 # ---------------------------------------------------------------- text in, text out
@@ -167,6 +338,8 @@ class SampleConfig:
     top_k: int | None = 200  # sample among the k most likely tokens; null: all
     top_p: float | None = None  # nucleus sampling: the smallest set holding this probability
     seed: int = 0  # the sampling seed (the same prompt and seed give the same text)
+    repetition_penalty: float = 1.0  # > 1 makes tokens already in the text less likely; 1: off
+    no_repeat_ngram_size: int = 0  # n > 0: no n tokens in a row appear twice; 0: off
 
     def __post_init__(self) -> None:
         check(
@@ -185,6 +358,26 @@ class SampleConfig:
             self.top_p is None or 0.0 < self.top_p <= 1.0,
             f"sample.top_p must be in (0, 1] or null, got {self.top_p}",
         )
+        check(
+            self.repetition_penalty > 0,
+            f"sample.repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}",
+        )
+        check(
+            self.no_repeat_ngram_size >= 0,
+            f"sample.no_repeat_ngram_size must be an integer >= 0 (0 = off), got "
+            f"{self.no_repeat_ngram_size}",
+        )
+
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments of `generate` that this sample sets."""
+        return {
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "repetition_penalty": self.repetition_penalty,
+            "no_repeat_ngram_size": self.no_repeat_ngram_size,
+        }
 
 
 def sample_text(model, tokenizer, sample: SampleConfig, stream: bool = False) -> str:
@@ -211,13 +404,10 @@ def sample_text(model, tokenizer, sample: SampleConfig, stream: bool = False) ->
         model,
         idx,
         sample.max_new_tokens,
-        temperature=sample.temperature,
-        top_k=sample.top_k,
-        top_p=sample.top_p,
         eos_id=tokenizer.eot_id,
-        seed=sample.seed,
         on_token=on_token if stream else None,
         vocab_limit=tokenizer.vocab_size,
+        **sample.options(),
     )
     if stream:
         sys.stdout.write("\n")
@@ -242,12 +432,9 @@ def sample_reply(
         model,
         torch.tensor([ids], device=device),
         sample.max_new_tokens,
-        temperature=sample.temperature,
-        top_k=sample.top_k,
-        top_p=sample.top_p,
         eos_id=stops[0] if len(stops) == 1 else None,
-        seed=sample.seed,
         vocab_limit=tokenizer.vocab_size,
+        **sample.options(),
     )
     new = out[0, len(ids) :].tolist()
     if len(stops) == 1 and stops[0] in new:
