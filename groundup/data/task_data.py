@@ -1,10 +1,12 @@
 """The data of a task, for fine-tuning and evaluation: text windows (causal_lm), SFT rows
-with response-only labels (sft), and encoded labelled texts (classification).
+with response-only labels (sft), encoded labelled texts (classification), and encoded
+preference pairs (dpo, orpo, simpo, reward).
 
 `load_data` gives `groundup finetune` its splits, train/val(/test), the training one cut, under
 torchrun, into this rank's part of every global batch. The builders (`labelled_batches`,
-`sft_batches`, `text_windows`, `pad_id_of`) hold the encoding rules, and `groundup evaluate`
-calls them too, so a model is scored on exactly the rows it was trained and validated on.
+`sft_batches`, `pair_batches`, `text_windows`, `pad_id_of`) hold the encoding rules, and
+`groundup evaluate` calls them too, so a model is scored on exactly the rows it was trained
+and validated on.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 
     from groundup.data.windows import SequentialWindows
     from groundup.finetune.classification import LabelVocab
+    from groundup.finetune.preference import PairBatches, PairTensors, PreferencePair
     from groundup.finetune.sft import Conversation, SFTTensors
     from groundup.jobs.finetune import FinetuneConfig
     from groundup.train.batches import TensorBatches
@@ -75,8 +78,12 @@ def load_data(cfg: FinetuneConfig, base: Any, run_dir: Path, verbose: int, part:
     validation and test data stay whole (the Trainer's evaluation shares them out)."""
     if cfg.task == "causal_lm":
         return _text_data(cfg, base, run_dir, verbose, part)
+    from groundup.finetune.preference import PAIR_TASKS
+
     if cfg.task == "sft":
         return _sft_data(cfg, base, verbose, part)
+    if cfg.task in PAIR_TASKS:
+        return _pair_data(cfg, base, verbose, part)
     return _classification_data(cfg, base, verbose, part)
 
 
@@ -206,6 +213,55 @@ def _sft_data(cfg: FinetuneConfig, base: Any, verbose: int, part: Part) -> Data:
     return Data(train, val, info=info)
 
 
+def _pair_data(cfg: FinetuneConfig, base: Any, verbose: int, part: Part) -> Data:
+    """Preference pairs: a built-in set (split already), or a JSONL file split with the seed
+    unless data.val is given. Every line is checked before any work starts."""
+    from groundup.finetune.preference import load_preference_dataset, read_preference_jsonl
+
+    d = cfg.data
+    fields = dict(
+        prompt_field=d.prompt_field, chosen_field=d.chosen_field, rejected_field=d.rejected_field
+    )
+    sets = load_preference_dataset(d.builtin) if d.builtin is not None else {}
+    train_p, val_p = sets.get("train", []), sets.get("val", [])
+    if d.train is not None:
+        train_p = read_preference_jsonl(d.train, **fields)
+        if d.val is None:
+            tr, va = _split(len(train_p), d.val_fraction, cfg.seed)
+            train_p, val_p = [train_p[i] for i in tr], [train_p[i] for i in va]
+    if d.val is not None:
+        val_p = read_preference_jsonl(d.val, **fields)
+    reward = cfg.task == "reward"
+    # a reward model reads each sequence whole (ids plus the last target): one position less
+    block = _max_len(cfg, base.config.block_size) - int(reward)
+    tok = base.tokenizer
+    pad_id = pad_id_of(tok, required=reward)  # the classifier pools the last non-pad token
+    pad_id = pad_id if pad_id is not None else 0  # LM pairs: padding is never a target
+    train, train_t = pair_batches(
+        train_p, tok, d.template, block, pad_id, part.batch_size, part=part, seed=cfg.seed
+    )
+    val, val_t = None, None
+    if val_p:  # validation: as in one process
+        val, val_t = pair_batches(val_p, tok, d.template, block, pad_id, cfg.train.batch_size)
+    info = {
+        "train_pairs": train_t.n_pairs,
+        "train_trainable_tokens": train_t.n_trainable_tokens,
+        "truncated": train_t.truncated,
+        "dropped": train_t.dropped,
+        "val_pairs": val_t.n_pairs if val_t is not None else 0,
+        "max_len": block + int(reward),
+        "pad_id": pad_id,
+    }
+    if verbose:
+        print(
+            f"preference data: {train_t.n_pairs} train pairs, {train_t.n_trainable_tokens:,} "
+            f"reply tokens; {info['val_pairs']} val pairs; {train_t.truncated} truncated, "
+            f"{train_t.dropped} dropped (reply cut off or identical within data.max_len)",
+            flush=True,
+        )
+    return Data(train, val, info=info)
+
+
 def _classification_data(cfg: FinetuneConfig, base: Any, verbose: int, part: Part) -> Data:
     from groundup.finetune.classification import LabelVocab, read_labelled_text
 
@@ -330,13 +386,44 @@ def sft_batches(
 ) -> tuple[TensorBatches, SFTTensors]:
     """Conversations as (input ids, response-only labels) batches of rows of max_len, and the
     encoded rows, whose figures (n_examples, n_rows, n_trainable_tokens, truncated, dropped)
-    go into results. Batching as in `labelled_batches`."""
-    from groundup.finetune.sft import encode_sft
+    go into results. Batching as in `labelled_batches`. Packed rows carry their document
+    ids: the input of a batch is then (B, 2, T), token ids and doc ids, which GPT.forward
+    reads as packed rows (attention within each example, positions restarted). Truncating
+    many examples, or dropping any, is a warning that names the max_len that keeps them."""
+    import warnings
+
+    from groundup.finetune.sft import encode_sft, truncation_warning
 
     t = encode_sft(
         examples, tokenizer, template=template, block_size=max_len, packing=packing, pad_id=pad_id
     )
-    return _batches(t.input_ids, t.labels, batch_size, part, seed), t
+    message = truncation_warning(t, max_len)
+    if message is not None:
+        warnings.warn(message, UserWarning, stacklevel=2)
+    return _batches(t.model_inputs, t.labels, batch_size, part, seed), t
+
+
+def pair_batches(
+    pairs: Sequence[PreferencePair],
+    tokenizer: Any,
+    template: str,
+    max_len: int,
+    pad_id: int,
+    batch_size: int,
+    *,
+    part: Part | None = None,
+    seed: int = 0,
+) -> tuple[PairBatches, PairTensors]:
+    """Preference pairs as batches of (pairs (B, 2, 2, T), preferred (B,)) cut to each batch's
+    longest sequence, and the encoded pairs, whose figures go into results. Batching as in
+    `labelled_batches`."""
+    from groundup.finetune.preference import PairBatches, encode_pairs
+
+    t = encode_pairs(pairs, tokenizer, max_len=max_len, template=template, pad_id=pad_id)
+    if part is None:
+        return PairBatches(t.pairs, batch_size=batch_size, shuffle=False), t
+    options = dict(batch_size=batch_size, seed=seed, rank=part.rank, world_size=part.world_size)
+    return PairBatches(t.pairs, **options), t
 
 
 def text_windows(

@@ -27,7 +27,7 @@ from groundup.errors import CheckpointError, ConfigError, DependencyError, Missi
 FINETUNED = "groundup-finetuned"
 GROUNDUP_GPT = "groundup-gpt"
 HEAD_FILE = "head.safetensors"  # trainable non-adapter weights of a LoRA run (the task head)
-TASKS = ("causal_lm", "sft", "classification")
+TASKS = ("causal_lm", "sft", "classification", "reward")  # reward: a 1-output classifier
 
 
 @dataclass
@@ -258,6 +258,8 @@ def build_task_model(
             f"task {task} needs a decoder (GPT, Llama, ...) but {base.path} is a BERT encoder; "
             "use task: classification, or a GPT base"
         )
+    if task == "reward":  # a Bradley-Terry reward model: a classifier with one score
+        task, num_labels = "classification", 1
     if task != "classification":
         from groundup.models.gpt import GPT
 
