@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from groundup.cli_predict import PREDICT_COMMAND, add_evaluate_extras, evaluate_extras
+from groundup.cli_serve import CHAT_COMMAND, SERVE_COMMAND, add_repetition_args
 from groundup.errors import GroundupError, TrainingInterrupted
 
 
@@ -156,6 +157,7 @@ def _export(args: argparse.Namespace) -> None:
         format=args.format,
         overwrite=args.overwrite,
         allow_pickle=args.allow_pickle,
+        dtype=args.dtype,
     )
 
 
@@ -169,6 +171,8 @@ def _generate(args: argparse.Namespace) -> None:
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
         seed=args.seed,
     )
     run_generate(args.run, sample, device=args.device, allow_pickle=args.allow_pickle)
@@ -283,6 +287,7 @@ def _add_generate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=200)
     parser.add_argument("--top-p", type=float, default=None)
+    add_repetition_args(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument(
@@ -346,8 +351,17 @@ def _add_evaluate_args(parser: argparse.ArgumentParser) -> None:
 
 def _add_export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="a run directory (pretrain/finetune) or a model folder")
-    parser.add_argument("--format", default="hf", choices=["hf"], help="hf: Hugging Face")
-    parser.add_argument("--out", required=True, help="the folder to write")
+    parser.add_argument(
+        "--format",
+        default="hf",
+        choices=["hf", "gguf", "peft"],
+        help="hf: a Hugging Face folder; gguf: one file for llama.cpp/Ollama; peft: a LoRA "
+        "run's adapter in PEFT's layout",
+    )
+    parser.add_argument("--out", required=True, help="the folder (hf, peft) or .gguf file to write")
+    parser.add_argument(
+        "--dtype", default=None, choices=["f16", "q8_0", "f32"], help="gguf weights (default f16)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export")
     parser.add_argument("--allow-pickle", action="store_true", help=argparse.SUPPRESS)
 
@@ -479,8 +493,14 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
         _evaluate,
     ),
     "predict": PREDICT_COMMAND,
+    "chat": CHAT_COMMAND,
+    "serve": SERVE_COMMAND,
     "generate": ("generate text from a pretrained model", _add_generate_args, _generate),
-    "export": ("export a model to the Hugging Face format", _add_export_args, _export),
+    "export": (
+        "export a model: Hugging Face folder, GGUF file or PEFT adapter",
+        _add_export_args,
+        _export,
+    ),
     "lr-find": (
         "the learning-rate range test on a config: a suggested optim.lr",
         _add_lr_find_args,

@@ -328,6 +328,8 @@ def finetune_plan(
     from groundup.jobs.finetune import _strategy, split_batch
 
     micro, accum = split_batch(cfg.train, world)
+    if cfg.task in ("dpo", "orpo", "simpo", "reward"):
+        micro *= 2  # a pair is two sequences through the model (the reference pass: no grad)
     block = base.config.block_size
     seq_len = data.info.get("max_len") if data is not None else None
     seq_len = seq_len or (cfg.data.max_len or min(block, 512))
@@ -379,6 +381,11 @@ def _finetune_case(path: Any, overrides: Any, config: Any, world: int) -> _Case:
     from groundup.train.trainer import Trainer
 
     cfg = config if config is not None else load_config(FinetuneConfig, path, overrides)
+    if cfg.task in ("dpo", "orpo", "simpo", "reward"):
+        raise ConfigError(
+            f"groundup estimate does not time task {cfg.task} yet (its steps score pairs); "
+            "groundup finetune prints the memory table of such a run before it starts"
+        )
     device = resolve_device(cfg.train.device)
     base = load_base(cfg.base.path, allow_pickle=cfg.base.allow_pickle)
     base.config = with_dropout(base.config, cfg.base.dropout)

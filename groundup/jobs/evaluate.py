@@ -87,6 +87,12 @@ def run_evaluate(
             "models and classifiers; its masked-token loss and accuracy are in the run's "
             "results.json, and a fine-tuned classifier of it is evaluated as usual"
         )
+    if tm.task == "reward":
+        raise ConfigError(
+            f"{run} holds a reward model, which scores (prompt, reply) pairs: its validation "
+            "preference accuracy is in the run's results.json; score replies in Python with "
+            "groundup.finetune.reward.score_replies"
+        )
     if task is not None and task != tm.task:
         if "classification" in (task, tm.task):
             raise ConfigError(

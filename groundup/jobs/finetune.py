@@ -2,8 +2,14 @@
 
 base model (a groundup run or a Hugging Face folder) -> task model (GPT language model, or a
 classification head on BERT/GPT) -> optional LoRA adapters -> data (text, SFT JSONL, labelled
-CSV/JSONL) -> the one `Trainer` -> a model folder, metrics and, for classifiers, a test report
-with the confusion matrix.
+CSV/JSONL, preference pairs) -> the one `Trainer` -> a model folder, metrics and, for
+classifiers, a test report with the confusion matrix.
+
+Preference tasks (dpo, orpo, simpo) train the language model through `PreferencePolicy`, which
+turns a batch of pairs into the statistics the loss reads (the reference: a frozen copy, or with
+LoRA the same model with its adapters bypassed); task reward trains a one-output classifier
+through `PairScorer` with the Bradley-Terry loss. Both log pref_accuracy, reward_margin,
+chosen_reward and rejected_reward in every train record and evaluation.
 
 Under torchrun (`groundup finetune CONFIG --nproc N`, or `torchrun ... -m groundup finetune
 CONFIG`) the same config runs on N ranks, as pretraining does: rank 0 prepares the run
@@ -26,12 +32,16 @@ from groundup.data.task_data import Part, load_data
 from groundup.distributed import DistributedConfig
 from groundup.errors import ConfigError
 from groundup.evals.training import chat_formatter, eval_tasks_of, task_evaluators
+from groundup.finetune.preference import PAIR_TASKS, PREFERENCE_TASKS
+from groundup.finetune.preference_loss import PreferenceConfig
 from groundup.generate import SampleConfig, sample_reply, sample_text
 from groundup.models.folders import build_task_model, load_base, weights_fingerprint, with_dropout
 from groundup.runs import MODEL_DIR, Run, plan_run
 from groundup.train.loop_config import LoopConfig, Precision
 from groundup.train.optim_config import OptimConfig
 from groundup.train.run_log import append_record, sample_record
+
+CHAT_TASKS = ("sft", *PREFERENCE_TASKS)  # language models that answer in the chat template
 
 
 @dataclass
@@ -53,6 +63,8 @@ class LoraConfig:
     alpha: float = 16.0
     dropout: float = 0.05
     targets: list[str] = field(default_factory=lambda: ["*.attn.qkv", "*.attn.proj"])
+    # a PEFT adapter folder to start from; its targets, rank, alpha and dropout replace the above
+    init_from: str | None = None
 
 
 @dataclass
@@ -64,14 +76,20 @@ class FinetuneDataConfig:
     )
     val: str | None = None  # default: val_fraction of train, held out with the seed
     test: str | None = None  # classification: the held-out test file for the final report
-    builtin: str | None = None  # a builtin set: stdlib-topics (classification), stdlib-qa (sft)
+    builtin: str | None = (
+        None  # stdlib-topics (classification), stdlib-qa (sft), stdlib-pref (pairs)
+    )
     val_fraction: float = 0.1
     text_field: str = "text"
     label_field: str = "label"
     prompt_field: str = "prompt"
     response_field: str = "response"
     messages_field: str = "messages"
-    template: str = "auto"  # sft chat template: auto, plain, chatml, llama3
+    chosen_field: str = "chosen"  # preference pairs: the preferred reply (or its conversation)
+    rejected_field: str = "rejected"  # preference pairs: the other reply
+    template: str = (
+        "auto"  # chat template: auto, plain, chatml, llama3, a .jinja file or a Jinja string
+    )
     packing: bool = False  # sft: pack several examples per row (fewer padded tokens)
     max_len: int | None = None  # tokens per example; default: the model's block size (<= 512)
 
@@ -123,10 +141,11 @@ class FinetuneConfig:
     run_dir: str = "runs/finetune"
     seed: int = 0
     resume: Literal["never", "auto"] = "never"
-    task: Literal["causal_lm", "sft", "classification"] = "sft"
+    task: Literal["causal_lm", "sft", "classification", "dpo", "orpo", "simpo", "reward"] = "sft"
     method: Literal["full", "lora"] = "full"
     base: BaseConfig = field(default_factory=BaseConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)  # tasks dpo, orpo, simpo
     data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
     optim: OptimConfig = field(default_factory=_finetune_optim)
     train: FinetuneLoopConfig = field(default_factory=FinetuneLoopConfig)
@@ -148,6 +167,10 @@ class FinetuneConfig:
             "classification": "a CSV/JSONL file of text and label, or data.builtin: stdlib-topics",
             "sft": "a JSONL file of prompt/response or messages, or data.builtin: stdlib-qa",
             "causal_lm": "a text file, folder, JSONL or Parquet file",
+            **dict.fromkeys(
+                (*PREFERENCE_TASKS, "reward"),
+                "a JSONL file of prompt/chosen/rejected, or data.builtin: stdlib-pref",
+            ),
         }[self.task]
         check(
             self.data.train is not None or self.data.builtin is not None,
@@ -160,6 +183,23 @@ class FinetuneConfig:
         check(
             self.task != "causal_lm" or self.train.max_steps is not None,
             "task causal_lm trains on random windows of the text: set train.max_steps",
+        )
+        if self.task in PREFERENCE_TASKS:
+            self.preference.check_task(self.task)
+        check(
+            self.lora.init_from is None
+            or (self.method == "lora" and self.task not in ("classification", "reward")),
+            "lora.init_from (a PEFT adapter) needs method: lora and a language-model task "
+            "(causal_lm, sft, dpo, orpo, simpo)",
+        )
+        if self.task in ("sft", *PREFERENCE_TASKS, "reward"):
+            from groundup.finetune.chat_templates import load_template
+
+            load_template(self.data.template)  # a Jinja error: one line at config load
+        check(
+            not (self.data.packing and self.task in PAIR_TASKS),
+            f"data.packing packs SFT examples; task {self.task} reads pairs one per row: "
+            "remove data.packing",
         )
 
 
@@ -197,8 +237,17 @@ def split_batch(t: FinetuneLoopConfig, world_size: int = 1) -> tuple[int, int]:
 
 def _strategy(cfg: FinetuneConfig, world_size: int) -> str:
     """The strategy to ask the Trainer for. LoRA trains a few adapters on a frozen, replicated
-    base: DDP (which reduces only trainable parameters) is its strategy; FSDP2 is refused."""
+    base: DDP (which reduces only trainable parameters) is its strategy; FSDP2 is refused.
+    Preference and reward tasks train through a wrapper module (the reference model beside
+    the policy, pairs into scores): DDP too."""
     strategy = cfg.distributed.strategy
+    if cfg.task in PAIR_TASKS and world_size > 1:
+        if strategy == "fsdp":
+            raise ConfigError(
+                f"task {cfg.task} is not supported with distributed.strategy fsdp (the policy "
+                "trains beside an unsharded reference); use distributed.strategy: ddp"
+            )
+        return "ddp"
     if cfg.method != "lora" or world_size == 1:
         return strategy
     if strategy == "fsdp":
@@ -220,7 +269,6 @@ def _finetune(
     from groundup.jobs.estimate import finetune_preflight
     from groundup.seed import set_seed
     from groundup.train.device import resolve_device
-    from groundup.train.losses import SparseCategoricalCrossentropy
     from groundup.train.trainer import Trainer
 
     rank, world = du.rank(), du.world_size()
@@ -247,26 +295,33 @@ def _finetune(
     # the one-time table, and a step that cannot fit refused before any file changes
     device = rank_device if rank_device is not None else resolve_device(cfg.train.device)
     finetune_preflight(cfg, base, model, data, world, device, verbose)
-    tasks = eval_tasks_of(cfg.train, cfg.task)
+    tasks = eval_tasks_of(cfg.train, "sft" if cfg.task in PREFERENCE_TASKS else cfg.task)
+    trained = trained_module(cfg, model)  # what the Trainer runs: the model, or pairs -> stats
+    loss, metrics, extra_callbacks = _objective(cfg)
+    token_loss = cfg.task in ("causal_lm", "sft")  # a next-token loss: perplexity, bpb
     with Run.begin(plan, verbose=verbose) as run:
         if data is None:  # rank 0 encodes the text shards, the others read them
             data = load_data(cfg, base, run.path, verbose, part)
         if verbose:
             print(_model_line(cfg, base, trainable, total), flush=True)
+        evaluators = task_evaluators(tasks, cfg.train, base.tokenizer, _chat_prompt(cfg, base))
         trainer = Trainer.from_config(
-            model,
+            trained,
             cfg.train,
             cfg.optim,
-            loss=SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"] if cfg.task == "classification" else (),
+            loss=loss,
+            metrics=metrics,
             grad_accum=grad_accum,
             device=rank_device if rank_device is not None else cfg.train.device,
             run_dir=run.path,
             verbose=verbose,
-            report_perplexity=cfg.task != "classification",
-            token_bytes=base.tokenizer.token_bytes() if cfg.task != "classification" else None,
-            callbacks=run.callbacks("val_loss" if data.val is not None else None),
-            evaluators=task_evaluators(tasks, cfg.train, base.tokenizer, _chat_prompt(cfg, base)),
+            report_perplexity=token_loss,
+            token_bytes=base.tokenizer.token_bytes() if token_loss else None,
+            callbacks=[
+                *run.callbacks("val_loss" if data.val is not None else None),
+                *extra_callbacks,
+            ],
+            evaluators=[_on_language_model(e, cfg) for e in evaluators],
             config=plan.config,
             strategy=strategy,
             activation_checkpointing=cfg.distributed.activation_checkpointing,
@@ -291,18 +346,69 @@ def _finetune(
                 results["world_size"] = world
             run.write_results(results)
             _report(results, run.path / MODEL_DIR, verbose)
-            if cfg.sample is not None and cfg.task != "classification":
+            if cfg.sample is not None and cfg.task not in ("classification", "reward"):
                 results["sample"] = _sample(plain.eval(), base.tokenizer, cfg, bool(verbose))
                 append_record(run.path, sample_record(trainer.step, results["sample"]))
         du.barrier()  # rank 0 writes the results and samples; the ranks end together
     return results
 
 
+def _template_spec(cfg: FinetuneConfig, base: Any) -> str:
+    """The template a run saves: a built-in's name, or the Jinja text itself (a file the
+    config named may move or change after the run)."""
+    from groundup.finetune.sft import get_template
+
+    return get_template(cfg.data.template, base.tokenizer).spec
+
+
 def _chat_prompt(cfg: FinetuneConfig, base: Any) -> Any:
     """How an SFT run's generation tasks ask their question: in its chat template."""
-    if cfg.task != "sft":
+    if cfg.task not in CHAT_TASKS:
         return None
     return chat_formatter(base.tokenizer, cfg.data.template)
+
+
+def trained_module(cfg: FinetuneConfig, model: torch.nn.Module) -> torch.nn.Module:
+    """The module the Trainer trains: the task model itself, or for pair tasks the wrapper
+    that turns a batch of pairs into what the loss reads. DPO's reference: a frozen copy of
+    the starting model (method full), or the same model with its adapters bypassed (lora)."""
+    if cfg.task in PREFERENCE_TASKS:
+        from groundup.finetune.reference import PreferencePolicy
+
+        reference = "none"
+        if cfg.task == "dpo":
+            reference = "adapters" if cfg.method == "lora" else "copy"
+        return PreferencePolicy(model, reference)
+    if cfg.task == "reward":
+        from groundup.finetune.reward import PairScorer
+
+        return PairScorer(model)
+    return model
+
+
+def _objective(cfg: FinetuneConfig) -> tuple[Any, list[Any], list[Any]]:
+    """(loss, metrics, extra callbacks) of the task."""
+    from groundup.train.losses import SparseCategoricalCrossentropy
+
+    if cfg.task not in PAIR_TASKS:
+        metrics = ["accuracy"] if cfg.task == "classification" else []
+        return SparseCategoricalCrossentropy(from_logits=True), metrics, []
+    from groundup.finetune.preference_loss import PreferenceObjective, WindowFigures, pair_metrics
+
+    if cfg.task == "reward":
+        from groundup.finetune.reward import BradleyTerryLoss
+
+        loss = BradleyTerryLoss()
+    else:
+        loss = PreferenceObjective(cfg.task, cfg.preference)
+    return loss, pair_metrics(), [WindowFigures()]
+
+
+def _on_language_model(evaluator: Any, cfg: FinetuneConfig) -> Any:
+    """A task evaluator of a preference run scores the policy, not the wrapper around it."""
+    if cfg.task not in PREFERENCE_TASKS:
+        return evaluator
+    return lambda trained: evaluator(trained.policy)
 
 
 def _evaluate_at_end(
@@ -336,12 +442,16 @@ def build_finetune_model(
 
     model = build_task_model(
         base,
-        cfg.task,
+        "sft" if cfg.task in PREFERENCE_TASKS else cfg.task,  # the policy: a language model
         num_labels=len(labels) if labels else None,
         pooling=cfg.base.pooling,
         pretrained=cfg.base.init == "pretrained",
     )
-    if cfg.method == "lora":
+    if cfg.method == "lora" and cfg.lora.init_from:
+        from groundup.interop.peft_adapter import load_peft_adapter
+
+        load_peft_adapter(model, cfg.lora.init_from)
+    elif cfg.method == "lora":
         apply_lora(model, cfg.lora.targets, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout)
         for name, p in model.named_parameters():  # the new head is trained in full
             if name.startswith(("classifier.", "score.", "bert.pooler.")):
@@ -366,9 +476,10 @@ def _model_line(cfg: FinetuneConfig, base: Any, trainable: int, total: int) -> s
 
 def _model_meta(cfg: FinetuneConfig, base: Any, data: Any, labels: list[str] | None) -> dict:
     """What the model folder's config.json says about how the model was made."""
-    return {
+    meta = {
         "family": base.family,
-        "task": cfg.task,
+        # a preference-tuned model is a chat model: generate, evaluate and export read it as sft
+        "task": "sft" if cfg.task in PREFERENCE_TASKS else cfg.task,
         "method": cfg.method,
         "model": base.config.to_dict(),
         "labels": labels,
@@ -376,7 +487,7 @@ def _model_meta(cfg: FinetuneConfig, base: Any, data: Any, labels: list[str] | N
         "pooling": cfg.base.pooling,
         "base": str(Path(base.path).resolve()),
         "base_fingerprint": weights_fingerprint(base.state_dict),
-        "template": cfg.data.template,
+        "template": _template_spec(cfg, base),
         "prompt_field": cfg.data.prompt_field,
         "response_field": cfg.data.response_field,
         "messages_field": cfg.data.messages_field,
@@ -384,6 +495,9 @@ def _model_meta(cfg: FinetuneConfig, base: Any, data: Any, labels: list[str] | N
         "text_field": cfg.data.text_field,
         "label_field": cfg.data.label_field,
     }
+    if cfg.task in PREFERENCE_TASKS:
+        meta["objective"] = cfg.task  # how it was tuned (the loss: config.yaml's preference)
+    return meta
 
 
 def _report(results: dict[str, Any], model_dir: Path, verbose: int) -> None:
@@ -436,7 +550,7 @@ def _sample(model: Any, tokenizer: Any, cfg: FinetuneConfig, stream: bool) -> st
     """A generation at the end of a language-model run (SFT: as a chat reply)."""
     if stream:
         print("--- sample ---", flush=True)
-    if cfg.task != "sft":
+    if cfg.task not in CHAT_TASKS:
         return sample_text(model, tokenizer, cfg.sample, stream=stream)
     return sample_reply(model, tokenizer, cfg.sample, cfg.data.template, stream=stream)
 

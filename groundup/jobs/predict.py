@@ -150,6 +150,12 @@ def refuse_mlm(tm: Any, run: str | Path) -> None:
             "predicts nothing per row; fine-tune it into a classifier (groundup finetune, task: "
             "classification) and predict with that run, or use a GPT run for completions"
         )
+    if tm.task == "reward":
+        raise ConfigError(
+            f"{run} holds a reward model, which scores (prompt, reply) pairs: its validation "
+            "preference accuracy is in the run's results.json; score replies in Python with "
+            "groundup.finetune.reward.score_replies"
+        )
 
 
 def _check_batch_size(batch_size: int) -> None:

@@ -157,6 +157,9 @@ def run_quickstart(
     print("\n== the built-in evaluation tasks (groundup evaluate --tasks builtin) ==", flush=True)
     scores = _task_scores(configs["gpt"].run_dir, sft_cfg.run_dir, run_dir / "tasks.json")
     results["tasks_mean_centered"] = {k: v["mean_centered"] for k, v in scores.items()}
+    qa = {k: v["tasks"]["stdlib-qa"] for k, v in scores.items()}
+    results["qa_f1"] = {k: v["f1"] for k, v in qa.items()}
+    results["qa_distinct_2"] = {k: v["distinct_2"] for k, v in qa.items()}
 
     print("\n== summary ==", flush=True)
     print(f"digits test accuracy: {results['digits_test_accuracy']:.4f}", flush=True)
@@ -180,10 +183,20 @@ def run_quickstart(
         f"{results['sft_val_loss']:.3f}; Hugging Face export in {export_dir}",
         flush=True,
     )
+    f1, distinct = results["qa_f1"], results["qa_distinct_2"]
+    print(
+        f"held-out questions (stdlib-qa, greedy): token F1 {f1['pretrained']:.3f} (base) -> "
+        f"{f1['tuned (SFT)']:.3f}; distinct-2 of the answers {distinct['pretrained']:.2f} -> "
+        f"{distinct['tuned (SFT)']:.2f} (near 0: the answers repeat themselves)",
+        flush=True,
+    )
     print(
         f"generate more with: groundup generate {configs['gpt'].run_dir} --prompt 'The list'\n"
         f"ask the tuned model: groundup generate {sft_cfg.run_dir} "
-        "--prompt 'What does json.dumps do?' --temperature 0",
+        "--prompt 'What does json.dumps do?' --temperature 0\n"
+        f"talk to it: groundup chat {sft_cfg.run_dir} --temperature 0 --repetition-penalty 1.2\n"
+        f"serve it (OpenAI's API): groundup serve {sft_cfg.run_dir}; run it in llama.cpp: "
+        f"groundup export {sft_cfg.run_dir} --format gguf --out sft.gguf",
         flush=True,
     )
     stages = [configs[k].run_dir for k in ("digits", "gpt", "sft")]

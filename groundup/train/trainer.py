@@ -429,8 +429,9 @@ class Trainer(StepMixin, CheckpointMixin, EvaluationMixin):
                 x = micro[0][0]
                 n_samples = x.shape[0] * len(micro) * self.world_size
                 self.samples_seen += n_samples
-                if x.dtype in (torch.int64, torch.int32) and x.dim() == 2:
-                    self.tokens_seen += x.numel() * len(micro) * self.world_size
+                if x.dtype in (torch.int64, torch.int32) and x.dim() in (2, 3):
+                    tokens = x.numel() if x.dim() == 2 else x[:, 0].numel()  # packed: (B, 2, T)
+                    self.tokens_seen += tokens * len(micro) * self.world_size
                 micro = []
                 self.step += 1
                 self.step_in_epoch += 1
