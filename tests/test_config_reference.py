@@ -232,7 +232,7 @@ def test_quickstart_stage_configs_keep_their_values(tmp_path) -> None:
     assert (gpt.optim.lr, gpt.optim.warmup_steps, gpt.sample.max_new_tokens) == (2e-3, 50, 80)
     assert gpt.tokenizer.vocab_size == 4096 and gpt.train.batch_size == 16
     assert sft.base.path == gpt.run_dir and sft.method == "lora"
-    assert (sft.train.epochs, sft.train.eval_every, sft.train.log_every) == (1, None, 20)
+    assert (sft.train.epochs, sft.train.eval_every, sft.train.log_every) == (2, None, 20)
     assert len(sft.lora.targets) == 4 and sft.optim.lr == 2e-3
 
 
