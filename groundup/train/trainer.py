@@ -193,11 +193,8 @@ class Trainer(StepMixin, CheckpointMixin, EvaluationMixin):
         self.flops_per_sample = flops_per_sample
         self.peak_flops = peak_flops
         self.report_perplexity = report_perplexity  # language models: exp(mean token loss)
-        # more validation figures at each evaluation (the tasks of train.eval_tasks): each
-        # takes the model and returns named values, merged into the evaluation's record
-        self.evaluators = list(evaluators)
-        # language models: the UTF-8 bytes each token id stands for (`Tokenizer.token_bytes()`);
-        # evaluate then reports bits per byte, comparable across tokenizers
+        self.evaluators = list(evaluators)  # more figures per evaluation: see `validate`
+        # bytes per token id (`Tokenizer.token_bytes()`): evaluate then reports bits per byte
         self.token_bytes = None if token_bytes is None else torch.as_tensor(token_bytes)
         self.nan_policy = nan_policy
         self.keep_last = keep_last
@@ -486,7 +483,7 @@ class Trainer(StepMixin, CheckpointMixin, EvaluationMixin):
         """The epoch record (also for an epoch cut short by max_steps or a stop)."""
         logs = self._epoch_logs()
         if cadence.val is not None and not cadence.eval_every:
-            logs.update(self._validate(cadence))
+            logs.update(self.validate(cadence.val, cadence.eval_batches))
             self._evaluated_step = self.step
             callbacks.call("on_eval_end", self, logs)
         callbacks.call("on_epoch_end", self, self.epoch, logs)
@@ -520,15 +517,8 @@ class Trainer(StepMixin, CheckpointMixin, EvaluationMixin):
                 "their training values are rank 0's share of the data"
             )
 
-    def _validate(self, cadence: _Cadence) -> dict[str, float]:
-        """The validation loss and metrics, then each evaluator's figures."""
-        logs = self.evaluate(cadence.val, max_batches=cadence.eval_batches, prefix="val_")
-        for evaluator in self.evaluators:
-            logs.update(evaluator(self.model))
-        return logs
-
     def _evaluate_and_record(self, cadence: _Cadence, callbacks: CallbackList) -> None:
-        logs = self._validate(cadence)
+        logs = self.validate(cadence.val, cadence.eval_batches)
         self._evaluated_step = self.step
         self.history.record(self.epoch, self.step, logs)
         self._write_metrics({"event": "eval", "step": self.step, **logs, **self._progress_fields()})

@@ -22,6 +22,16 @@ class EvaluationMixin:
 
     model: Any
     metrics: list[Metric]
+    evaluators: list[Any]
+
+    def validate(self, data: Iterable[Batch], max_batches: int | None) -> dict[str, float]:
+        """What an evaluation during `fit` records: `evaluate` on the validation data with the
+        "val_" prefix, then each of `self.evaluators` (the tasks of train.eval_tasks: a callable
+        taking the model and returning named values)."""
+        logs = self.evaluate(data, max_batches=max_batches, prefix="val_")
+        for evaluator in self.evaluators:
+            logs.update(evaluator(self.model))
+        return logs
 
     @torch.no_grad()
     def evaluate(
