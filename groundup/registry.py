@@ -34,7 +34,7 @@ def construct(cls: type[T], kwargs: Mapping[str, Any], what: str, noun: str = "a
     closest valid one and every valid one ("unknown option 'lrr' for optimizer 'adam' ...")."""
     params = inspect.signature(cls).parameters.values()
     valid = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    unknown = sorted(set(kwargs) - set(valid))
+    unknown = sorted(set(kwargs) - set(valid), key=str)  # YAML keys may be ints too
     if unknown:
         plural = "s" if len(unknown) > 1 else ""
         raise ConfigError(

@@ -77,17 +77,20 @@ ODD_STRINGS = st.one_of(
     st.sampled_from(["a\nb", "\x85", "\u2028x", "", " ", "relu", "adam", "cosine", "x" * 300]),
     st.text(max_size=6),
 )
+LAYER_SPECS = st.fixed_dictionaries(
+    {"type": st.one_of(st.sampled_from(["Dense", "dense", "Dropout", "Flatten"]), ODD_STRINGS)},
+    optional={
+        "units": st.one_of(st.integers(-2, 4), SCALARS),
+        "activation": st.one_of(st.sampled_from(["relu", "softmax"]), ODD_STRINGS),
+        "rate": SCALARS,
+    },
+)
+# A layer spec with up to one junk key (a random name, never "type" or "units").
+JUNK_KEYS = st.dictionaries(
+    ODD_STRINGS.filter(lambda k: k not in ("type", "units")), SCALARS, max_size=1
+)
 LAYER_LISTS = st.lists(
-    st.fixed_dictionaries(
-        {"type": st.one_of(st.sampled_from(["Dense", "dense", "Dropout", "Flatten"]), ODD_STRINGS)},
-        optional={
-            "units": st.one_of(st.integers(-2, 4), SCALARS),
-            "activation": st.one_of(st.sampled_from(["relu", "softmax"]), ODD_STRINGS),
-            "rate": SCALARS,
-            ODD_STRINGS.filter(lambda k: k not in ("type", "units")): SCALARS,
-        },
-    )
-    | VALUES,
+    st.builds(lambda spec, junk: {**junk, **spec}, LAYER_SPECS, JUNK_KEYS) | VALUES,
     max_size=3,
 )
 
@@ -173,7 +176,7 @@ def _only_groundup_errors(fn, *args, one_line: bool = True, **kwargs) -> Any:
 def test_train_config_from_dict_raises_only_groundup_errors(data) -> None:
     cfg = _only_groundup_errors(from_dict, TrainJobConfig, data)
     if cfg is not None:  # the cheap parts of building must not crash either
-        from groundup.models.layers import layer_from_config
+        from groundup.keras.layers import layer_from_config
         from groundup.train.losses import get_loss
         from groundup.train.metrics import get_metric
         from groundup.train.optim import optimizer_spec

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from groundup.errors import ConfigError, DataError, ShapeError
-from groundup.models import activations as A
-from groundup.models import layers as L
-from groundup.models import regularizers as R
-from groundup.models.layers import layer_from_config
+from groundup.keras import activations as A
+from groundup.keras import layers as L
+from groundup.keras import regularizers as R
+from groundup.keras.layers import layer_from_config
 
 
 @pytest.fixture(autouse=True)

@@ -41,7 +41,7 @@ Columns = dict[str, list[Any]]  # output column -> one value per input row, in o
 # ---- which run -----------------------------------------------------------------------------
 def is_sequential_run(run: str | Path) -> bool:
     """True for a `groundup train` run (or its `model/`): a Sequential, not a model folder."""
-    from groundup.models.sequential import ARCHITECTURE_FILE
+    from groundup.keras.sequential import ARCHITECTURE_FILE
 
     path = Path(run)
     return any((p / ARCHITECTURE_FILE).is_file() for p in (path, path / "model"))
@@ -59,7 +59,7 @@ class TabularRun:
 def load_tabular_run(run: str | Path) -> TabularRun:
     """The Sequential and Preprocessor of a `groundup train` run folder."""
     from groundup.data.tabular_pipeline import Preprocessor
-    from groundup.models.sequential import ARCHITECTURE_FILE, Sequential
+    from groundup.keras.sequential import ARCHITECTURE_FILE, Sequential
 
     path = Path(run)
     if (path / ARCHITECTURE_FILE).is_file() and not (path / "preprocessing.json").is_file():

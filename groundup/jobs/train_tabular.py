@@ -201,7 +201,7 @@ def _confusion(model: Any, data: TabularData) -> dict[str, Any]:
 
 def build_layers(specs: list[dict]) -> list[Any]:
     """The Sequential's layers from the config's `layers:` list (each checked by its type)."""
-    from groundup.models.layers import layer_from_config
+    from groundup.keras.layers import layer_from_config
 
     layers = []
     for i, spec in enumerate(specs):

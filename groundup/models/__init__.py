@@ -1,4 +1,4 @@
-"""Models: Keras-style layers and Sequential, and the GPT family (gpt2 and llama flavours)."""
+"""Models: plain `nn.Module`s that know no trainer: the GPT family (gpt2 and llama flavours) and BERT."""
 
 from groundup.models.bert import (
     Bert,

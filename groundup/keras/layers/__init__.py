@@ -1,8 +1,8 @@
 """Keras-style layers (`gu.layers`): lazily built `nn.Module`s with configs, channels-last
 images and batch-first sequences. See base.py for the contract every layer follows."""
 
-from groundup.models.layers.base import Layer, reset_layer_names
-from groundup.models.layers.convolution import (
+from groundup.keras.layers.base import Layer, reset_layer_names
+from groundup.keras.layers.convolution import (
     AveragePooling2D,
     AvgPool2D,
     Conv2D,
@@ -13,7 +13,7 @@ from groundup.models.layers.convolution import (
     MaxPool2D,
     MaxPooling2D,
 )
-from groundup.models.layers.core import (
+from groundup.keras.layers.core import (
     Activation,
     Dense,
     Dropout,
@@ -23,10 +23,10 @@ from groundup.models.layers.core import (
     Rescaling,
     Reshape,
 )
-from groundup.models.layers.initializers import INITIALIZERS
-from groundup.models.layers.normalization import BatchNormalization, LayerNormalization
-from groundup.models.layers.recurrent import GRU, LSTM, SimpleRNN
-from groundup.models.layers.registry import LAYERS, layer_from_config
+from groundup.keras.layers.initializers import INITIALIZERS
+from groundup.keras.layers.normalization import BatchNormalization, LayerNormalization
+from groundup.keras.layers.recurrent import GRU, LSTM, SimpleRNN
+from groundup.keras.layers.registry import LAYERS, layer_from_config
 
 InputLayer = Input
 

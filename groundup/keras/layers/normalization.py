@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from groundup.errors import ConfigError, ShapeError
-from groundup.models.layers.base import Layer, Shape, known, positive_float, unit_float
-from groundup.models.layers.initializers import check_initializer, initialize
-from groundup.models.regularizers import RegularizerLike, get_regularizer
+from groundup.keras.layers.base import Layer, Shape, known, positive_float, unit_float
+from groundup.keras.layers.initializers import check_initializer, initialize
+from groundup.keras.regularizers import RegularizerLike, get_regularizer
 
 
 def _axis_index(axis: int, rank: int, who: str) -> int:

@@ -23,9 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from groundup.errors import ConfigError, ShapeError
-from groundup.models.activations import ActivationFn, activation_name, get_activation
-from groundup.models.layers.initializers import check_initializer, initialize
-from groundup.models.regularizers import RegularizerLike, get_regularizer, serialize_regularizer
+from groundup.keras.activations import ActivationFn, activation_name, get_activation
+from groundup.keras.layers.initializers import check_initializer, initialize
+from groundup.keras.regularizers import RegularizerLike, get_regularizer, serialize_regularizer
 from groundup.registry import construct, did_you_mean
 
 Shape = tuple[int | None, ...]  # per-sample shape, no batch axis; None = unknown (e.g. time)

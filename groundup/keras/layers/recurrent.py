@@ -16,9 +16,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from groundup.errors import ConfigError, ShapeError
-from groundup.models.layers.base import Layer, Shape, known, positive_int
-from groundup.models.layers.initializers import check_initializer, initialize
-from groundup.models.regularizers import RegularizerLike, get_regularizer
+from groundup.keras.layers.base import Layer, Shape, known, positive_int
+from groundup.keras.layers.initializers import check_initializer, initialize
+from groundup.keras.regularizers import RegularizerLike, get_regularizer
 
 
 class _Recurrent(Layer):

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from groundup.errors import ConfigError, DataError, ShapeError
-from groundup.models.activations import ActivationFn
-from groundup.models.layers.base import (
+from groundup.keras.activations import ActivationFn
+from groundup.keras.layers.base import (
     Layer,
     Shape,
     as_shape,
@@ -20,8 +20,8 @@ from groundup.models.layers.base import (
     positive_int,
     unit_float,
 )
-from groundup.models.layers.initializers import check_initializer, initialize
-from groundup.models.regularizers import RegularizerLike, get_regularizer
+from groundup.keras.layers.initializers import check_initializer, initialize
+from groundup.keras.regularizers import RegularizerLike, get_regularizer
 
 
 class Input(Layer):

@@ -24,8 +24,8 @@ from torch import nn
 from groundup.checkpoint import load_weights, save_weights
 from groundup.data.preprocess import check_arrays
 from groundup.errors import ConfigError, DataError, MissingFileError, ShapeError
-from groundup.models.activations import get_activation
-from groundup.models.layers import Layer, layer_from_config
+from groundup.keras.activations import get_activation
+from groundup.keras.layers import Layer, layer_from_config
 from groundup.train.batches import TensorBatches
 from groundup.train.callbacks import Callback
 from groundup.train.history import History

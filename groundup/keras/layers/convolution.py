@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from groundup.errors import ShapeError
-from groundup.models.activations import ActivationFn
-from groundup.models.layers.base import Layer, Shape, choice, int_pair, known, positive_int
-from groundup.models.regularizers import RegularizerLike
+from groundup.keras.activations import ActivationFn
+from groundup.keras.layers.base import Layer, Shape, choice, int_pair, known, positive_int
+from groundup.keras.regularizers import RegularizerLike
 
 PADDINGS = ("valid", "same")
 DATA_FORMATS = ("channels_last", "channels_first")

@@ -6,15 +6,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from groundup.errors import ConfigError
-from groundup.models.layers.base import Layer
-from groundup.models.layers.convolution import (
+from groundup.keras.layers.base import Layer
+from groundup.keras.layers.convolution import (
     AvgPool2D,
     Conv2D,
     GlobalAveragePooling2D,
     GlobalMaxPooling2D,
     MaxPool2D,
 )
-from groundup.models.layers.core import (
+from groundup.keras.layers.core import (
     Activation,
     Dense,
     Dropout,
@@ -24,8 +24,8 @@ from groundup.models.layers.core import (
     Rescaling,
     Reshape,
 )
-from groundup.models.layers.normalization import BatchNormalization, LayerNormalization
-from groundup.models.layers.recurrent import GRU, LSTM, SimpleRNN
+from groundup.keras.layers.normalization import BatchNormalization, LayerNormalization
+from groundup.keras.layers.recurrent import GRU, LSTM, SimpleRNN
 from groundup.registry import lookup
 
 LAYERS: dict[str, type[Layer]] = {
