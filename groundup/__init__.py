@@ -9,8 +9,8 @@ model.fit(x, y, epochs=5)
 from groundup import checkpoint, data, errors, evals
 from groundup.generate import generate
 from groundup.keras import activations, layers, regularizers
-from groundup.models.gpt import GPT, GPTConfig
 from groundup.keras.sequential import Sequential, load_model
+from groundup.models.gpt import GPT, GPTConfig
 from groundup.seed import set_seed
 from groundup.train import callbacks, losses, metrics, optim, schedules
 from groundup.train.batches import TensorBatches
