@@ -30,13 +30,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from groundup.train.run_log import TIMING_KEYS as TIMING  # clock figures differ run to run
+
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = (
     "import sys, groundup.train.hardware as h; h.measured_peak_flops = lambda *a, **k: 1e12; "
     "from groundup.cli import main; sys.exit(main(sys.argv[1:]))"
 )
-# clock figures differ run to run (groundup.train.run_log.TIMING_KEYS)
-TIMING = ("tokens_per_s", "samples_per_s", "mfu", "time_s", "data_wait")
 
 
 def write_configs(folder: Path) -> dict[str, dict]:

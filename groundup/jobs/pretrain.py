@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -35,6 +35,9 @@ from groundup.jobs.pretrain_objectives import (
 from groundup.runs import MODEL_DIR, Run, plan_run
 from groundup.train.loop_config import LoopConfig, Precision
 from groundup.train.optim_config import OptimConfig
+
+if TYPE_CHECKING:
+    from groundup.train.hardware import PeakProbe
 
 
 @dataclass
@@ -290,7 +293,7 @@ def _pretrain(
     from groundup import distributed as du
     from groundup.jobs.estimate import pretrain_check, print_pretrain_table
     from groundup.seed import set_seed
-    from groundup.train.hardware import measured_peak_flops
+    from groundup.train.hardware import last_probe, measured_peak_flops
     from groundup.train.losses import SparseCategoricalCrossentropy
     from groundup.train.run_log import append_record, sample_record
     from groundup.train.trainer import Trainer
@@ -308,13 +311,15 @@ def _pretrain(
         seq_len = sequence_length(cfg.objective, model_cfg, cfg.mlm)
         index.check_block_size(seq_len)
         batch_size, grad_accum = split_global_batch(cfg, seq_len, world)
-        # Trap: the first measurement in a process draws random matrices. Seeding after it
-        # keeps the init and dropout streams the same whether or not a run came before.
+        # The first measurement in a process draws random matrices (from its own generator);
+        # seeding after it keeps the init and dropout streams the same whatever came before.
         peak = measured_peak_flops(device.type, compute_dtype)
+        peaks = peak_fields(peak, last_probe(device.type, compute_dtype), device, compute_dtype)
         set_seed(cfg.seed)  # the same on every rank: FSDP2 shards each rank's copy of the init
         task = build_objective(cfg, tokenizer, model_cfg, seq_len)
         if verbose:
             print_pretrain_table(cfg, task.model, model_cfg.vocab_size, device, world, peak)
+            print(peaks_line(peaks), flush=True)
         trainer = Trainer.from_config(
             task.model,
             cfg.train,
@@ -327,6 +332,7 @@ def _pretrain(
             verbose=verbose,
             flops_per_sample=task.flops_per_sample(),
             peak_flops=peak,
+            datasheet_flops=peaks.get("datasheet_peak_flops"),
             report_perplexity=True,
             # bits per byte for a causal LM; an MLM's masked positions are no text stream
             token_bytes=tokenizer.token_bytes() if cfg.objective != "mlm" else None,
@@ -345,7 +351,7 @@ def _pretrain(
         model_dir = run.path / MODEL_DIR
         if rank == 0:
             task.save(model_dir, tokenizer, tensors)
-        results = _results(trainer, task.model, val, run.path)  # the whole val split
+        results = {**_results(trainer, task.model, val, run.path), **peaks}  # whole val split
         run.write_results(results)
         if rank == 0 and verbose:
             print(_results_line(results, model_dir), flush=True)
@@ -384,8 +390,44 @@ def _results_line(results: dict[str, Any], model_dir: Path) -> str:
         f"val loss (whole split) {results['final_val_loss']:.4f}, perplexity "
         f"{results['final_val_perplexity']:.2f}"
         + (f", bits per byte {bpb:.4f}" if bpb is not None else "")
+        + "".join(
+            f"; {results[label]} {results[key]:.1%}"
+            for key, label in (("mfu", "mfu_label"), ("mfu_datasheet", "mfu_datasheet_label"))
+            if key in results and label in results
+        )
         + f"; model saved in {model_dir}\n--- sample ---"
     )
+
+
+def peak_fields(
+    peak: float, probe: PeakProbe | None, device: torch.device, dtype: torch.dtype
+) -> dict[str, Any]:
+    """What the run's MFU figures are fractions of, for results.json: the measured peak with
+    its label, the matmul size and dtype that gave it (when `probe`, this process's
+    measurement, is the one behind `peak`), the device's name, and its datasheet peak and
+    label when the table knows the device."""
+    from groundup.train.peaks import datasheet_label, device_datasheet_peak, measured_label
+
+    fields: dict[str, Any] = {"peak_flops": peak, "mfu_label": measured_label(peak)}
+    if probe is not None and probe.flops == peak:  # else a figure given some other way
+        fields["peak_matmul_size"] = probe.size
+        fields["peak_dtype"] = str(probe.dtype).removeprefix("torch.")
+    name, datasheet = device_datasheet_peak(device, dtype)
+    fields["device_name"] = name
+    if datasheet:
+        fields["datasheet_peak_flops"] = datasheet
+        fields["mfu_datasheet_label"] = datasheet_label(datasheet)
+    return fields
+
+
+def peaks_line(fields: dict[str, Any]) -> str:
+    """The console's note of what mfu and mfu(datasheet) are fractions of."""
+    line = f"mfu: {fields['mfu_label']}"
+    if "peak_matmul_size" in fields:
+        line += f", {fields['peak_dtype']} matmul, best at N={fields['peak_matmul_size']}"
+    if "mfu_datasheet_label" in fields:
+        line += f"; mfu(datasheet): {fields['mfu_datasheet_label']}, {fields['device_name']} dense"
+    return line
 
 
 def check_pretrain(
@@ -485,6 +527,7 @@ def _throughput(metrics_file: Path) -> dict[str, float]:
     if not rows:
         return {}
     out = {"tokens_per_s": sum(r["tokens_per_s"] for r in rows) / len(rows)}
-    if all("mfu" in r for r in rows):
-        out["mfu"] = sum(r["mfu"] for r in rows) / len(rows)
+    for key in ("mfu", "mfu_datasheet"):  # against the measured and the datasheet peak
+        if all(key in r for r in rows):
+            out[key] = sum(r[key] for r in rows) / len(rows)
     return out

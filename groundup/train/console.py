@@ -9,10 +9,20 @@ from __future__ import annotations
 from typing import Any
 
 # the figures a train line leads with, in this order; any other key follows in its own order
-_FIRST = ("loss", "lr", "tokens_per_s", "samples_per_s", "mfu", "grad_norm", "data_wait")
+_FIRST = (
+    "loss",
+    "lr",
+    "tokens_per_s",
+    "samples_per_s",
+    "mfu",
+    "mfu_datasheet",
+    "grad_norm",
+    "data_wait",
+)
 _LABELS = {
     "tokens_per_s": "tok/s",
     "samples_per_s": "samples/s",
+    "mfu_datasheet": "mfu(datasheet)",  # mfu is of the measured peak
     "grad_norm": "grad",
     "data_wait": "data",
 }
@@ -46,7 +56,7 @@ def format_value(key: str, value: Any) -> str | None:
         return f"{value:.1e}"
     if key in ("tokens_per_s", "samples_per_s"):
         return short_number(value)
-    if key == "mfu":
+    if key in ("mfu", "mfu_datasheet"):
         return f"{value * 100:.1f}%"
     if key == "data_wait":
         return f"{value * 100:.0f}%"

@@ -11,7 +11,7 @@ from groundup.files import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 # record keys measured on the clock: they differ from run to run (and after a resume)
-TIMING_KEYS = ("tokens_per_s", "samples_per_s", "mfu", "time_s", "data_wait")
+TIMING_KEYS = ("tokens_per_s", "samples_per_s", "mfu", "mfu_datasheet", "time_s", "data_wait")
 
 
 class MetricsLog:
@@ -64,19 +64,24 @@ def rate_logs(
     world_size: int,
     flops_per_sample: float | None,
     peak_flops: float | None,
+    datasheet_flops: float | None = None,
 ) -> dict[str, float]:
     """Throughput over a log window of `items` samples (every rank's) in `elapsed` seconds:
-    tokens_per_s for token data, else samples_per_s; and mfu when the FLOPs are known."""
+    tokens_per_s for token data, else samples_per_s; and, when the FLOPs are known, mfu
+    against the measured peak `peak_flops` and mfu_datasheet against `datasheet_flops`."""
     logs: dict[str, float] = {}
     if tokens_seen:
         per_sample = tokens_seen / max(samples_seen, 1)
         logs["tokens_per_s"] = items * per_sample / elapsed
     else:
         logs["samples_per_s"] = items / elapsed
-    if flops_per_sample and peak_flops:
-        # items count every rank's samples; the peak is one device's
-        peak = peak_flops * world_size
-        logs["mfu"] = items * flops_per_sample / elapsed / peak
+    if flops_per_sample:
+        # items count every rank's samples; a peak is one device's
+        achieved = items * flops_per_sample / elapsed / world_size
+        if peak_flops:
+            logs["mfu"] = achieved / peak_flops
+        if datasheet_flops:
+            logs["mfu_datasheet"] = achieved / datasheet_flops
     return logs
 
 

@@ -42,6 +42,7 @@ from groundup.distributed import data_parallel
 from groundup.errors import ConfigError, TrainingInterrupted
 from groundup.train.batches import Batch
 from groundup.train.callbacks import Callback, CallbackList, ProgressBar
+from groundup.train.callbacks_keras import keras_params
 from groundup.train.device import (
     PRECISIONS,
     bf16_supported,
@@ -120,6 +121,7 @@ class Trainer(StepMixin, CheckpointMixin, EvaluationMixin):
         verbose: int = 1,
         flops_per_sample: float | None = None,
         peak_flops: float | None = None,
+        datasheet_flops: float | None = None,
         report_perplexity: bool = False,
         token_bytes: Any = None,
         nan_policy: str = "stop",
@@ -191,7 +193,8 @@ class Trainer(StepMixin, CheckpointMixin, EvaluationMixin):
         self.log_every = log_every
         self.verbose = verbose
         self.flops_per_sample = flops_per_sample
-        self.peak_flops = peak_flops
+        self.peak_flops = peak_flops  # measured (groundup.train.hardware): the records' mfu
+        self.datasheet_flops = datasheet_flops  # the vendor's dense peak: mfu_datasheet
         self.report_perplexity = report_perplexity  # language models: exp(mean token loss)
         self.evaluators = list(evaluators)  # more figures per evaluation: see `validate`
         # bytes per token id (`Tokenizer.token_bytes()`): evaluate then reports bits per byte
@@ -313,6 +316,7 @@ class Trainer(StepMixin, CheckpointMixin, EvaluationMixin):
             world_size=self.world_size,
         )
         self.steps_per_epoch, self.epochs = plan.steps_per_epoch, plan.epochs
+        self.history.set_params(keras_params(self))  # Keras's History.params
         self._train_data = train
         self.has_validation = val is not None
 
@@ -548,6 +552,7 @@ class Trainer(StepMixin, CheckpointMixin, EvaluationMixin):
                 world_size=self.world_size,
                 flops_per_sample=self.flops_per_sample,
                 peak_flops=self.peak_flops,
+                datasheet_flops=self.datasheet_flops,
             )
         )
         logs["data_wait"] = data_wait
