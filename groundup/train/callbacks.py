@@ -516,3 +516,9 @@ def __getattr__(name: str) -> Any:
 
         return getattr(tracker_loggers, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# Keras's other callbacks, built on the classes above (their modules import this one)
+from groundup.train.backup import BackupAndRestore  # noqa: E402, F401
+from groundup.train.callbacks_keras import LambdaCallback, TerminateOnNaN  # noqa: E402, F401
+from groundup.train.lr_callbacks import LearningRateScheduler, ReduceLROnPlateau  # noqa: E402, F401
