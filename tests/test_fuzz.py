@@ -146,10 +146,17 @@ GPT_KEYS = [
     "tie_embeddings",
     "init_std",
     "activation",
+    "head_dim",
+    "qk_norm",
+    "norm_unit_offset",
+    "embedding_scale",
+    "logit_softcap",
+    "zero_init_proj",
+    "recipe",
 ]
 MODEL_DICTS = st.dictionaries(
     st.one_of(st.sampled_from(GPT_KEYS), st.text(max_size=6)),
-    st.one_of(VALUES, st.sampled_from(["gpt2-tiny", "llama", "gpt2", 64, 4, 2])),
+    st.one_of(VALUES, st.sampled_from(["gpt2-tiny", "llama", "gpt2", "modern", "relu2", 64, 4, 2])),
     max_size=6,
 )
 

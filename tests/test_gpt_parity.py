@@ -81,6 +81,8 @@ def ours_from_hf(hf) -> GPT:
             lambda: llama_hf_config(attention_bias=True, mlp_bias=True, num_key_value_heads=4),
             id="llama-bias-mha",
         ),
+        # heads of 16 over a 32-wide model: q/k/v/o sizes are n_head * head_dim, not n_embd
+        pytest.param(lambda: llama_hf_config(head_dim=16), id="llama-head-dim"),
     ],
 )
 def test_hf_to_groundup_logits(make, attn):
@@ -137,6 +139,8 @@ def to_hf_model(cfg: GPTConfig, ours: GPT):
         ("llama-tiny", {"n_kv_head": 1}),  # multi-query attention
         ("llama-tiny", {}),
         ("llama-tiny", {"tie_embeddings": True, "bias": True, "rope_theta": 123.0}),
+        ("llama-tiny", {"head_dim": 16}),  # attention 64 wide in a 32-wide model
+        ("llama-tiny", {"head_dim": 4, "n_kv_head": 4}),  # and 16 wide
     ],
 )
 def test_groundup_to_hf_logits(name, overrides):

@@ -422,7 +422,7 @@ def test_missing_and_damaged_files(llama_copy, tmp_path):
     "changes, error, fragment",
     [
         ({"model_type": "t5", "architectures": ["T5ForConditionalGeneration"]}, ConfigError,
-         "model_type 't5' is not supported; groundup reads gpt2, llama, mistral, qwen2, bert"),
+         "model_type 't5' is not supported; groundup reads gpt2, llama, mistral, qwen2, qwen3, gemma, bert"),
         ({"architectures": ["LlamaForTokenClassification"]}, ConfigError,
          "architecture 'LlamaForTokenClassification'.*supported for llama: LlamaForCausalLM"),
         ({"model_type": None, "architectures": None}, ConfigError, "config.json has no model_type"),

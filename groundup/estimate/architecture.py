@@ -62,6 +62,16 @@ class Shape:
     dropout: float
     head: str = "lm"  # lm: logits for every token; classify: one row of labels per sequence
     num_labels: int = 2
+    head_dim: int = 0  # 0: n_embd // n_head (Qwen3 and Gemma set their own)
+    gated: bool | None = None  # a gated MLP (SwiGLU, GeGLU); None: the family's (llama: gated)
+
+    @property
+    def hs(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
+
+    @property
+    def is_gated(self) -> bool:
+        return self.family == "llama" if self.gated is None else self.gated
 
 
 def shape_of(model: nn.Module) -> Shape | None:
@@ -75,7 +85,8 @@ def shape_of(model: nn.Module) -> Shape | None:
         labels = getattr(model, "num_labels", 2)
         return Shape(
             c.flavour, c.n_layer, c.n_head, c.n_kv_head, c.n_embd, c.intermediate_size,
-            c.vocab_size, c.dropout, head, labels,
+            c.vocab_size, c.dropout, head, labels, c.head_dim,
+            c.flavour == "llama" and c.activation != "relu2",
         )  # fmt: skip
     if isinstance(model, (BertForMaskedLM, BertForSequenceClassification)):
         c = model.config
@@ -136,7 +147,7 @@ def _norm(shape: Shape, setup: Setup) -> int:
 def _attention(shape: Shape, T: int, setup: Setup) -> float:
     """SDPA and the output projection's input, per token (q, k, v, output, log-sum-exp; the
     scores on the math path)."""
-    nh, nkv, hs, a = shape.n_head, shape.n_kv_head, shape.n_embd // shape.n_head, setup.a
+    nh, nkv, hs, a = shape.n_head, shape.n_kv_head, shape.hs, setup.a
     upcast = setup.device_type == "cpu" and a == 2  # blocks.attend computes in float32
     s = 4 if upcast else a
     math = (setup.device_type == "cpu" and shape.dropout > 0) or (
@@ -162,7 +173,7 @@ def _attention(shape: Shape, T: int, setup: Setup) -> float:
 
 def _mlp(shape: Shape, setup: Setup) -> int:
     C, H, a = shape.n_embd, shape.hidden, setup.a
-    if shape.family == "llama":  # gate and up each cast the input under autocast
+    if shape.is_gated:  # gate and up each cast the input under autocast
         casts = 2 if setup.autocast_dtype is not None else 1
         return casts * a * C + 4 * a * H
     return a * C + 2 * a * H  # up's input, GELU's input, down's input
@@ -215,9 +226,9 @@ def _weight_copies(shape: Shape, setup: Setup) -> tuple[int, int]:
     if setup.autocast_dtype is None:
         return 0, 0
     C, H, a = shape.n_embd, shape.hidden, setup.a
-    hs = C // shape.n_head
+    hs = shape.hs
     attn = C * (shape.n_head + 2 * shape.n_kv_head) * hs + shape.n_head * hs * C
-    mlp = (3 if shape.family == "llama" else 2) * C * H
+    mlp = (3 if shape.is_gated else 2) * C * H
     head = shape.vocab_size * C if shape.head == "lm" else shape.num_labels * C
     if shape.family == "bert" and shape.head == "lm":
         head += C * C  # the MLM head's transform

@@ -362,7 +362,7 @@ class LMScorer:
         return self.model(idx, kv_cache=cache) if cache is not None else self.model(idx)
 
     def _logits(self, hidden: Tensor) -> Tensor:
-        logits = self.model.lm_head(hidden) if self._split else hidden
+        logits = self.model.logits(hidden) if self._split else hidden  # soft-cap included
         return logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 softmax in bf16
 
     def _finish(self, picked: Tensor, targets: list[list[int]]) -> list[tuple[float, bool]]:

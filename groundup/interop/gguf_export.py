@@ -2,15 +2,21 @@
 
 `export_gguf(model, "model.gguf", tokenizer)` writes the weights (f32, f16 or q8_0), the
 architecture's metadata and the byte-level BPE tokenizer through the `gguf` package (llama.cpp's
-own writer). Flavour "gpt2" becomes GGUF architecture "gpt2", flavour "llama" becomes "llama".
+own writer). Flavour "gpt2" becomes GGUF architecture "gpt2", flavour "llama" becomes "llama"
+(q/k/v biases included), "qwen3" with QK-norm, "gemma" for the Gemma family (`gguf_arch`:
+the family the Hugging Face export would write; options no family has are refused).
 
 Layout facts that matter:
 - GGUF's "llama" architecture applies RoPE to pairs of neighbouring values (x0, x1), (x2, x3),
   ...; ours (Hugging Face's rotate_half) pairs x_i with x_{i + head_dim/2}. So the q and k rows
   of every head are reordered here (`permute_rotary`), the same reordering llama.cpp's own
   converter applies to Hugging Face Llama weights; v and the output projection are unchanged.
+  GGUF's "qwen3" and "gemma" rotate halves as we do (llama.cpp's NEOX RoPE): no reordering.
+- llama.cpp's "gemma" scales by its norm weights as they are, so the (1 + w) offset of ours is
+  added into every RMSNorm weight here (as llama.cpp's converter does); it has no separate
+  output matrix (the head is the token table), so an untied Gemma is refused.
 - Our qkv Linear is fused (q, k, v along the output dimension): "gpt2" keeps it fused
-  (attn_qkv), "llama" splits it (attn_q, attn_k, attn_v).
+  (attn_qkv), the others split it (attn_q, attn_k, attn_v).
 - llama.cpp's "gpt2" needs every bias and a LayerNorm bias: a model without biases gets zeros.
   It computes GPT-2's tanh GELU; a model trained with the exact GELU differs by at most 5e-4
   per activation, below the rounding of q8_0.
@@ -36,6 +42,7 @@ from torch import Tensor, nn
 from groundup.checkpoint import unwrap
 from groundup.data.tokenizers import Tokenizer
 from groundup.errors import ConfigError, DependencyError
+from groundup.interop.gpt_configs import hf_model_type
 from groundup.models.gpt import GPT, GPTConfig
 
 DTYPES = ("f16", "q8_0", "f32")
@@ -45,11 +52,16 @@ TOKENIZER_PRE = "gpt-2"  # llama.cpp's pre-tokenizer id for GPT-2's split regex
 _Q8_BLOCK = 32  # q8_0 quantizes blocks of 32 values along a row
 _GENERATION = re.compile(r"\{%(-?)\s*(end)?generation\s*(-?)%\}")
 
+# the Hugging Face family -> the GGUF architecture of llama.cpp that computes it
+_ARCHS = {"gpt2": "gpt2", "llama": "llama", "qwen2": "llama", "qwen3": "qwen3", "gemma": "gemma"}
+
 # our per-block names -> GGUF's (after "blk.{i}."); qkv of flavour llama is split below
 _LAYER = {
     "norm1": "attn_norm",
     "attn.qkv": "attn_qkv",
     "attn.proj": "attn_output",
+    "attn.q_norm": "attn_q_norm",
+    "attn.k_norm": "attn_k_norm",
     "norm2": "ffn_norm",
     "mlp.gate": "ffn_gate",
     "mlp.up": "ffn_up",
@@ -87,6 +99,7 @@ def export_gguf(
         raise ConfigError(f"unknown GGUF dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     model = _plain_gpt(model)
     cfg = model.config
+    arch = gguf_arch(cfg)
     if tokenizer is None:
         raise ConfigError(
             "a GGUF file carries its tokenizer and this model has none; pass the tokenizer"
@@ -103,11 +116,11 @@ def export_gguf(
     tmp = Path(tmp_name)
     writer = None
     try:
-        writer = gguf.GGUFWriter(str(tmp), arch=cfg.flavour)
+        writer = gguf.GGUFWriter(str(tmp), arch=arch)
         writer.add_name(name or out.stem)
         writer.add_file_type(int(getattr(gguf.LlamaFileType, writer_dtype)))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        _add_architecture(writer, cfg)
+        _add_architecture(writer, cfg, arch)
         _add_tokenizer(writer, gguf, tokenizer, cfg.vocab_size, chat_template)
         for key, t in tensors.items():
             data, raw = _encode(gguf, key, t, dtype)
@@ -156,6 +169,18 @@ def _plain_gpt(model: nn.Module) -> GPT:
             f"GGUF export supports GPT flavours gpt2 and llama, not {model.config.flavour!r}"
         )
     return model
+
+
+def gguf_arch(cfg: GPTConfig) -> str:
+    """The llama.cpp architecture that computes cfg: gpt2, llama, qwen3 or gemma.
+    ConfigError naming the option none has (relu2, logit_softcap, an untied Gemma, ...)."""
+    arch = _ARCHS[hf_model_type(cfg, target="GGUF")]
+    if arch == "gemma" and not cfg.tie_embeddings:
+        raise ConfigError(
+            "cannot export GPT option tie_embeddings=False to GGUF: llama.cpp's gemma reads its "
+            "output head from the token table; export with --format hf instead"
+        )
+    return arch
 
 
 def check_gguf_tokenizer(tokenizer: Tokenizer) -> None:
@@ -241,19 +266,24 @@ def unpermute_rotary(w: Tensor, n_head: int) -> Tensor:
 
 
 def gguf_tensors(model: GPT) -> dict[str, Tensor]:
-    """Our weights under GGUF names, float32, in GGUF's layout (q/k permuted, qkv split for
-    llama, zero biases where llama.cpp's gpt2 needs them); a tied output is left out: llama.cpp
-    then reads token_embd for it."""
+    """Our weights under GGUF names, float32, in GGUF's layout (q/k permuted for llama, qkv
+    split but for gpt2, zero biases where llama.cpp's gpt2 needs them, gemma's norm offset
+    added in); a tied output is left out: llama.cpp then reads token_embd for it."""
     cfg = model.config
+    arch = gguf_arch(cfg)
     sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
     if cfg.tie_embeddings:
         sd.pop("lm_head.weight", None)
     out: dict[str, Tensor] = {}
     for key, t in sd.items():
         module, _, kind = key.rpartition(".")  # kind: weight | bias
+        if cfg.norm_unit_offset and module.rpartition(".")[2].startswith(
+            ("norm", "q_norm", "k_norm")
+        ):
+            t = t + 1.0  # our scale is (1 + w); llama.cpp's is w
         if module.startswith("blocks."):
             _, i, inner = module.split(".", 2)
-            out.update(_layer_tensors(cfg, f"blk.{i}", inner, kind, t))
+            out.update(_layer_tensors(cfg, arch, f"blk.{i}", inner, kind, t))
         else:
             out[f"{_TOP[module]}.{kind}"] = t
     if cfg.flavour == "gpt2":
@@ -261,14 +291,18 @@ def gguf_tensors(model: GPT) -> dict[str, Tensor]:
     return out
 
 
-def _layer_tensors(cfg: GPTConfig, blk: str, inner: str, kind: str, t: Tensor) -> dict:
-    if inner != "attn.qkv" or cfg.flavour == "gpt2":
+def _layer_tensors(
+    cfg: GPTConfig, arch: str, blk: str, inner: str, kind: str, t: Tensor
+) -> dict[str, Tensor]:
+    if inner != "attn.qkv" or arch == "gpt2":
         return {f"{blk}.{_LAYER[inner]}.{kind}": t}
     q_size, kv_size = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
     q, k, v = t.split([q_size, kv_size, kv_size], dim=0)
+    if arch == "llama":  # llama.cpp's llama rotates neighbouring pairs; the others as we do
+        q, k = permute_rotary(q, cfg.n_head), permute_rotary(k, cfg.n_kv_head)
     return {
-        f"{blk}.attn_q.{kind}": permute_rotary(q, cfg.n_head).contiguous(),
-        f"{blk}.attn_k.{kind}": permute_rotary(k, cfg.n_kv_head).contiguous(),
+        f"{blk}.attn_q.{kind}": q.contiguous(),
+        f"{blk}.attn_k.{kind}": k.contiguous(),
         f"{blk}.attn_v.{kind}": v.contiguous(),
     }
 
@@ -312,7 +346,7 @@ def _encode(gguf: Any, key: str, t: Tensor, dtype: str) -> tuple[np.ndarray, Any
 # --------------------------------------------------------------------------------- metadata
 
 
-def _add_architecture(writer: Any, cfg: GPTConfig) -> None:
+def _add_architecture(writer: Any, cfg: GPTConfig, arch: str) -> None:
     writer.add_context_length(cfg.block_size)
     writer.add_embedding_length(cfg.n_embd)
     writer.add_feed_forward_length(cfg.intermediate_size)
@@ -320,12 +354,16 @@ def _add_architecture(writer: Any, cfg: GPTConfig) -> None:
     writer.add_head_count(cfg.n_head)
     writer.add_head_count_kv(cfg.n_kv_head)
     writer.add_vocab_size(cfg.vocab_size)
-    if cfg.flavour == "llama":
-        writer.add_rope_freq_base(float(cfg.rope_theta))
-        writer.add_rope_dimension_count(cfg.head_dim)
-        writer.add_layer_norm_rms_eps(float(cfg.norm_eps))
-    else:
+    if arch == "gpt2":
         writer.add_layer_norm_eps(float(cfg.norm_eps))
+        return
+    writer.add_rope_freq_base(float(cfg.rope_theta))
+    writer.add_rope_dimension_count(cfg.head_dim)
+    writer.add_layer_norm_rms_eps(float(cfg.norm_eps))
+    if arch != "llama" or cfg.head_dim * cfg.n_head != cfg.n_embd:
+        # llama.cpp assumes heads of n_embd/n_head unless told (Qwen3 and Gemma always say)
+        writer.add_key_length(cfg.head_dim)
+        writer.add_value_length(cfg.head_dim)
 
 
 def gguf_vocab(tokenizer: Tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[str]]:

@@ -1,14 +1,18 @@
-"""GPT weights and configs to and from Hugging Face transformers' naming and layout.
+"""GPT weights to and from Hugging Face transformers' naming and layout (configs: gpt_configs.py).
 
 Covers `GPT2LMHeadModel` (flavour "gpt2") and `LlamaForCausalLM` (flavour "llama"), plus
-Mistral (read as llama: same architecture) and Qwen2 (llama with `qkv_bias=True`). Pure
-tensor and dict work: transformers itself is not imported, so converting needs only torch.
+Mistral (read as llama: same architecture), Qwen2 (llama with `qkv_bias=True`), Qwen3 (llama
+with q_norm/k_norm) and Gemma (llama's tensor names; its (1 + w) norm weights are stored as
+they are, since our RMSNorm has the same offset). Pure tensor and dict work: transformers
+itself is not imported, so converting needs only torch.
 
 Layout differences that matter:
 - GPT-2 uses `Conv1D`, whose weight is (in, out): the transpose of `nn.Linear`'s (out, in).
 - Our attention has one fused qkv Linear; HF Llama has q_proj, k_proj, v_proj (concatenated
   in that order along the output dimension). GPT-2's c_attn is already fused, same order.
 - Our RoPE uses HF's rotate_half layout, so Llama q/k weights need no permutation.
+- q takes n_head * head_dim rows of the fused qkv, which is not n_embd when head_dim is set
+  apart (Qwen3, Gemma).
 - Tied embeddings: HF files omit lm_head.weight; HF modules still list it in state_dict().
 - Classifier and base-model files have no lm_head at all: convert them with lm_head=False.
 """
@@ -17,14 +21,28 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from groundup.errors import CheckpointError, ConfigError
 from groundup.interop.checks import check_fits, few
+from groundup.interop.gpt_configs import (  # the config half, re-exported for old imports
+    SUPPORTED_MODEL_TYPES,
+    gpt_config_from_hf,
+    gpt_config_to_hf,
+    hf_model_type,
+)
 from groundup.models.gpt import GPT, GPTConfig
+
+__all__ = [
+    "SUPPORTED_MODEL_TYPES",
+    "gpt_config_from_hf",
+    "gpt_config_to_hf",
+    "hf_model_type",
+    "state_dict_from_hf",
+    "state_dict_to_hf",
+]
 
 # Our per-layer names -> HF per-layer names (after "transformer.h.{i}." / "model.layers.{i}.").
 # The bool says the weight is transposed (GPT-2 Conv1D).
@@ -53,6 +71,8 @@ _LLAMA_LAYER = {
     "norm1.weight": "input_layernorm.weight",
     "attn.proj.weight": "self_attn.o_proj.weight",
     "attn.proj.bias": "self_attn.o_proj.bias",
+    "attn.q_norm.weight": "self_attn.q_norm.weight",  # QK-norm (Qwen3)
+    "attn.k_norm.weight": "self_attn.k_norm.weight",
     "norm2.weight": "post_attention_layernorm.weight",
     "mlp.gate.weight": "mlp.gate_proj.weight",
     "mlp.gate.bias": "mlp.gate_proj.bias",
@@ -75,220 +95,6 @@ _IGNORED_HF = {
 _LAYER_KEY = re.compile(r"blocks\.(\d+)\.(.+)")
 
 
-# ---------------------------------------------------------------------------------- configs
-
-
-def gpt_config_to_hf(cfg: GPTConfig) -> dict[str, Any]:
-    """A transformers config dict (config.json content) describing the same model.
-
-    Token ids (bos/eos/pad) are not known here; the exporter adds them from the tokenizer.
-    A llama-flavour config with qkv_bias (and bias=False) is written as Qwen2, the
-    transformers architecture with exactly that layout.
-    """
-    if cfg.flavour == "gpt2":
-        return {
-            "model_type": "gpt2",
-            "architectures": ["GPT2LMHeadModel"],
-            "vocab_size": cfg.vocab_size,
-            "n_positions": cfg.block_size,
-            "n_embd": cfg.n_embd,
-            "n_layer": cfg.n_layer,
-            "n_head": cfg.n_head,
-            "n_inner": cfg.intermediate_size,
-            "activation_function": "gelu_new" if cfg.activation == "gelu_tanh" else "gelu",
-            "resid_pdrop": cfg.dropout,
-            "embd_pdrop": cfg.dropout,
-            "attn_pdrop": cfg.dropout,
-            "layer_norm_epsilon": cfg.norm_eps,
-            "initializer_range": cfg.init_std,
-            "tie_word_embeddings": cfg.tie_embeddings,
-        }
-    if cfg.qkv_bias and not cfg.bias:
-        return _qwen2_config_to_hf(cfg)
-    return {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.n_embd,
-        "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.n_kv_head,
-        "head_dim": cfg.head_dim,
-        "max_position_embeddings": cfg.block_size,
-        "rms_norm_eps": cfg.norm_eps,
-        # transformers < 5 reads rope_theta, >= 5 reads rope_parameters: write both.
-        "rope_theta": cfg.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "hidden_act": "silu",
-        "attention_bias": cfg.bias,
-        "mlp_bias": cfg.bias,
-        "attention_dropout": cfg.dropout,
-        "initializer_range": cfg.init_std,
-        "tie_word_embeddings": cfg.tie_embeddings,
-    }
-
-
-def _qwen2_config_to_hf(cfg: GPTConfig) -> dict[str, Any]:
-    return {
-        "model_type": "qwen2",
-        "architectures": ["Qwen2ForCausalLM"],
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.n_embd,
-        "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.n_kv_head,
-        "max_position_embeddings": cfg.block_size,
-        "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "hidden_act": "silu",
-        "use_sliding_window": False,
-        "sliding_window": None,
-        "max_window_layers": cfg.n_layer,
-        "attention_dropout": cfg.dropout,
-        "initializer_range": cfg.init_std,
-        "tie_word_embeddings": cfg.tie_embeddings,
-    }
-
-
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2")
-
-
-def gpt_config_from_hf(hf_config: Mapping[str, Any] | Any) -> GPTConfig:
-    """A GPTConfig from a transformers config dict (or config object) of GPT-2, Llama,
-    Mistral or Qwen2.
-
-    A setting we cannot reproduce exactly (rope scaling, another activation, ...) is a
-    ConfigError naming it, rather than a model that loads and quietly computes something else.
-    """
-    d = dict(hf_config.to_dict() if hasattr(hf_config, "to_dict") else hf_config)
-    model_type = d.get("model_type")
-    if model_type == "gpt2":
-        return _gpt2_config_from_hf(d)
-    if model_type == "llama":
-        return _llama_config_from_hf(d)
-    if model_type == "mistral":
-        return _mistral_config_from_hf(d)
-    if model_type == "qwen2":
-        return _qwen2_config_from_hf(d)
-    raise ConfigError(
-        f"unsupported Hugging Face model_type {model_type!r} for GPT; supported: "
-        + ", ".join(map(repr, SUPPORTED_MODEL_TYPES))
-    )
-
-
-def _unsupported(field: str, value: Any, why: str) -> ConfigError:
-    return ConfigError(f"Hugging Face config field {field}={value!r} is not supported: {why}")
-
-
-def _gpt2_config_from_hf(d: dict[str, Any]) -> GPTConfig:
-    act = d.get("activation_function", "gelu_new")
-    activations = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
-    if act not in activations:
-        raise _unsupported(
-            "activation_function", act, f"GPT flavour gpt2 supports {', '.join(activations)}"
-        )
-    if d.get("scale_attn_by_inverse_layer_idx", False):
-        raise _unsupported("scale_attn_by_inverse_layer_idx", True, "set it to false")
-    if not d.get("scale_attn_weights", True):
-        raise _unsupported("scale_attn_weights", False, "attention is always scaled")
-    if d.get("add_cross_attention", False):
-        raise _unsupported("add_cross_attention", True, "GPT is decoder-only")
-    n_embd = d.get("n_embd", 768)
-    return GPTConfig(
-        flavour="gpt2",
-        n_layer=d.get("n_layer", 12),
-        n_head=d.get("n_head", 12),
-        n_embd=n_embd,
-        block_size=d.get("n_positions", d.get("n_ctx", 1024)),
-        vocab_size=d.get("vocab_size", 50257),
-        intermediate_size=d.get("n_inner") or 4 * n_embd,
-        dropout=float(d.get("resid_pdrop", 0.1)),
-        bias=True,
-        norm_eps=float(d.get("layer_norm_epsilon", 1e-5)),
-        tie_embeddings=bool(d.get("tie_word_embeddings", True)),
-        init_std=float(d.get("initializer_range", 0.02)),
-        activation=activations[act],
-    )
-
-
-def _mistral_config_from_hf(d: dict[str, Any]) -> GPTConfig:
-    """Mistral is Llama's architecture plus a sliding attention window; a window that never
-    cuts inside the context (null, or >= max_position_embeddings) is plain causal attention."""
-    window, context = d.get("sliding_window"), d.get("max_position_embeddings", 4096 * 32)
-    if window is not None and window < context:
-        raise _unsupported(
-            "sliding_window",
-            window,
-            f"sliding-window attention is not implemented; it is exact for contexts up to "
-            f"{window} tokens, so set max_position_embeddings to {window} (or sliding_window "
-            "to null) in config.json to use the model with that context",
-        )
-    if "layer_types" in d and any(t != "full_attention" for t in d["layer_types"] or []):
-        raise _unsupported("layer_types", d["layer_types"], "only full attention is implemented")
-    return _llama_config_from_hf(d)
-
-
-def _qwen2_config_from_hf(d: dict[str, Any]) -> GPTConfig:
-    """Qwen2: Llama's architecture with biases on q/k/v (not on o_proj or the MLP)."""
-    if d.get("use_sliding_window", False):
-        raise _unsupported(
-            "use_sliding_window", True, "sliding-window attention is not implemented; set it false"
-        )
-    if any(t != "full_attention" for t in d.get("layer_types") or []):
-        raise _unsupported("layer_types", d["layer_types"], "only full attention is implemented")
-    for field in ("attention_bias", "mlp_bias"):
-        if field in d:  # not Qwen2 fields: a file that sets them is something else
-            raise _unsupported(field, d[field], "Qwen2 has biases on q/k/v only")
-    cfg = _llama_config_from_hf(d)
-    return GPTConfig.from_dict({**cfg.to_dict(), "qkv_bias": True})
-
-
-def _llama_config_from_hf(d: dict[str, Any]) -> GPTConfig:
-    act = d.get("hidden_act", "silu")
-    if act != "silu":
-        raise _unsupported("hidden_act", act, "GPT flavour llama uses SwiGLU with 'silu'")
-    if d.get("rope_scaling"):
-        raise _unsupported("rope_scaling", d["rope_scaling"], "only plain RoPE is implemented")
-    rope = d.get("rope_parameters") or {}
-    if rope.get("rope_type", "default") != "default":
-        raise _unsupported(
-            "rope_parameters.rope_type", rope["rope_type"], "only plain RoPE is implemented"
-        )
-    partial = rope.get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0))
-    if partial != 1.0:
-        raise _unsupported("partial_rotary_factor", partial, "RoPE here rotates the whole head")
-    if d.get("pretraining_tp", 1) != 1:
-        raise _unsupported("pretraining_tp", d["pretraining_tp"], "set it to 1")
-    attn_bias, mlp_bias = bool(d.get("attention_bias", False)), bool(d.get("mlp_bias", False))
-    if attn_bias != mlp_bias:
-        raise _unsupported(
-            "attention_bias/mlp_bias", (attn_bias, mlp_bias), "GPT has one `bias` for both"
-        )
-    hidden, n_head = d.get("hidden_size", 4096), d.get("num_attention_heads", 32)
-    head_dim = d.get("head_dim")
-    if head_dim is not None and head_dim * n_head != hidden:
-        raise _unsupported("head_dim", head_dim, "it must be hidden_size/num_attention_heads")
-    return GPTConfig(
-        flavour="llama",
-        n_layer=d.get("num_hidden_layers", 32),
-        n_head=n_head,
-        n_kv_head=d.get("num_key_value_heads") or n_head,
-        n_embd=hidden,
-        block_size=d.get("max_position_embeddings", 2048),
-        vocab_size=d.get("vocab_size", 32000),
-        intermediate_size=d.get("intermediate_size", 11008),
-        dropout=float(d.get("attention_dropout", 0.0)),
-        bias=attn_bias,
-        rope_theta=float(rope.get("rope_theta", d.get("rope_theta", 10000.0))),
-        norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-        tie_embeddings=bool(d.get("tie_word_embeddings", False)),
-        init_std=float(d.get("initializer_range", 0.02)),
-    )
-
-
 # ------------------------------------------------------------------------------ state dicts
 
 
@@ -299,8 +105,10 @@ def state_dict_to_hf(
     include_tied: bool = False,
     lm_head: bool = True,
 ) -> dict[str, Tensor]:
-    """Our GPT state dict in HF naming and layout, ready for `GPT2LMHeadModel` or
-    `LlamaForCausalLM` (or `Qwen2ForCausalLM` with qkv_bias).
+    """Our GPT state dict in HF naming and layout, ready for `GPT2LMHeadModel`,
+    `LlamaForCausalLM`, `Qwen2ForCausalLM`, `Qwen3ForCausalLM` or `GemmaForCausalLM` (the
+    family `hf_model_type(cfg)` names; the tensors alone do not refuse an option the family
+    lacks: `gpt_config_to_hf` does).
 
     cfg defaults to the model's config. A tied lm_head.weight is left out (as in HF's own
     files; safetensors also refuses two names for one tensor) unless include_tied=True, which
@@ -340,7 +148,8 @@ def state_dict_to_hf(
             out[f"transformer.h.{m[1]}.{hf_name}"] = t.t().contiguous() if transpose else t
         elif m[2].startswith("attn.qkv."):
             kind = m[2].rsplit(".", 1)[1]  # weight or bias
-            sizes = [cfg.n_embd, cfg.n_kv_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim]
+            q, kv = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+            sizes = [q, kv, kv]
             for proj, part in zip(
                 ("q_proj", "k_proj", "v_proj"), t.split(sizes, dim=0), strict=True
             ):
@@ -362,7 +171,7 @@ def state_dict_from_hf(
     hf_sd: Mapping[str, Tensor], cfg: GPTConfig, *, lm_head: bool = True
 ) -> dict[str, Tensor]:
     """A state dict for `GPT(cfg).load_state_dict(..., strict=True)` from HF GPT-2, Llama,
-    Mistral or Qwen2 weights (an LM-head model's state dict or model.safetensors, with or
+    Mistral, Qwen2, Qwen3 or Gemma weights (an LM-head model's state dict or model.safetensors, with or
     without the "transformer."/"model." prefix). Wrong keys or shapes are a CheckpointError.
 
     lm_head=False reads the trunk only (a base model or a classifier's weights, after taking

@@ -6,9 +6,9 @@ we can compute exactly what transformers computes, and returns the weights in ou
 `export_hf(model, out)` writes config.json, model.safetensors and the tokenizer files that
 `transformers.AutoModel*.from_pretrained(out)` and `AutoTokenizer.from_pretrained(out)` load.
 
-Supported: GPT-2, Llama, Mistral, Qwen2 (causal LM, base model, sequence classifier) and BERT
-(base model, masked LM, sequence and token classifiers; sentence-transformers folders are
-plain BertModel). The tensor mapping itself lives in gpt_weights.py and bert_weights.py.
+Supported: GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma (causal LM, base model, sequence
+classifier) and BERT (base model, masked LM, sequence and token classifiers;
+sentence-transformers folders are plain BertModel). The tensor mapping itself lives in gpt_weights.py and bert_weights.py.
 """
 
 from __future__ import annotations
@@ -52,7 +52,14 @@ PICKLE_INDEX = "pytorch_model.bin.index.json"
 EXPORT_MARKER = "groundup_export.json"  # tells a previous export apart from a user's folder
 
 # model_type -> {architecture: task}. Tasks: causal_lm, base, seq_cls, token_cls, mlm.
-_GPT_PREFIX = {"gpt2": "GPT2", "llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}
+_GPT_PREFIX = {
+    "gpt2": "GPT2",
+    "llama": "Llama",
+    "mistral": "Mistral",
+    "qwen2": "Qwen2",
+    "qwen3": "Qwen3",
+    "gemma": "Gemma",
+}
 ARCHITECTURES: dict[str, dict[str, str]] = {
     model_type: {
         ("GPT2LMHeadModel" if model_type == "gpt2" else f"{p}ForCausalLM"): "causal_lm",
@@ -195,7 +202,8 @@ def read_hf_dir(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> 
 def load_hf_gpt(
     path: str | os.PathLike[str], allow_pickle: bool = False
 ) -> tuple[GPT, Tokenizer | None]:
-    """A `GPT` (eval mode) and its tokenizer from a GPT-2/Llama/Mistral/Qwen2 causal-LM folder."""
+    """A `GPT` (eval mode) and its tokenizer from a GPT-2/Llama/Mistral/Qwen2/Qwen3/Gemma
+    causal-LM folder."""
     hf = read_hf_dir(path, allow_pickle=allow_pickle)
     if hf.family != "gpt":
         raise ConfigError(f"{hf.path} holds a BERT model ({hf.architecture}); use load_hf_bert")
@@ -300,7 +308,7 @@ def _architecture(hf_config: Mapping[str, Any], root: Path) -> tuple[str, str | 
     if model_type not in ARCHITECTURES:
         raise ConfigError(
             f"{root}: model_type {model_type!r} is not supported; groundup reads {supported} "
-            "(gpt2/llama/mistral/qwen2 as GPT, bert as BERT)"
+            f"({'/'.join(_GPT_PREFIX)} as GPT, bert as BERT)"
         )
     known = ARCHITECTURES[model_type]
     for arch in archs:

@@ -61,7 +61,9 @@ def export_hf(
     template this tokenizer suits (`pick_template`), left out when the tokenizer cannot
     serve it (no end-of-text token for "plain").
 
-    GPT -> GPT2LMHeadModel / LlamaForCausalLM / Qwen2ForCausalLM; GPTForSequenceClassification
+    GPT -> GPT2LMHeadModel / LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM /
+    GemmaForCausalLM (options no family has, such as relu2 or logit_softcap, are refused
+    naming the field); GPTForSequenceClassification
     -> *ForSequenceClassification; Bert -> BertModel; BertForMaskedLM; BertForSequenceClassification
     (pooling "cls"); BertForTokenClassification. LoRA adapters are merged into a copy (the
     caller's model is not changed). The folder is written beside `out` and renamed into place;

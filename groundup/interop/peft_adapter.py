@@ -54,12 +54,12 @@ def _layer_table(cfg: GPTConfig) -> dict[str, str]:
         return {
             k.removesuffix(".weight"): hf.removesuffix(".weight")
             for k, (hf, _) in _GPT2_LAYER.items()
-            if k.endswith(".weight") and not k.startswith("norm")
+            if k.endswith(".weight") and "norm" not in k
         }
     return {
         k.removesuffix(".weight"): hf.removesuffix(".weight")
         for k, hf in _LLAMA_LAYER.items()
-        if k.endswith(".weight") and not k.startswith("norm")
+        if k.endswith(".weight") and "norm" not in k  # norms (q_norm too) are no Linears
     }
 
 

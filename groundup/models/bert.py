@@ -129,7 +129,7 @@ class BertBlock(nn.Module):
         super().__init__()
         self.attn = BidirectionalSelfAttention(cfg.n_embd, cfg.n_head, cfg.dropout)
         self.norm1 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
-        self.mlp = MLP(cfg.n_embd, cfg.intermediate_size, bias=True, approximate="none")
+        self.mlp = MLP(cfg.n_embd, cfg.intermediate_size, bias=True, activation="gelu")
         self.norm2 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 

@@ -7,6 +7,7 @@ pieces and passes them to `Block` (torchtune style) instead of branching on flag
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,22 +22,29 @@ _SDPA_HAS_GQA = _match is not None and (int(_match[1]), int(_match[2])) >= (2, 5
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm (Llama): scale only, no mean subtraction, no bias."""
+    """Root-mean-square norm (Llama): scale only, no mean subtraction, no bias.
 
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+    unit_offset=True is Gemma's form: the scale is (1 + weight), the weight starts at 0 (so
+    weight decay pulls the scale towards 1, not 0).
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5, unit_offset: bool = False) -> None:
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps, self.unit_offset = eps, unit_offset
+        self.weight = nn.Parameter(torch.zeros(dim) if unit_offset else torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
         # Normalize in float32 even under bf16 autocast (as HF Llama does), then cast back;
         # float64 stays float64 (fp64 runs are the exact references of the equivalence tests).
         x32 = x.to(torch.promote_types(x.dtype, torch.float32))
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.unit_offset:
+            # Trap: Gemma multiplies by (1 + w) in float32 and casts after; Llama casts first.
+            return (x32 * (1.0 + self.weight.to(x32.dtype))).to(x.dtype)
         return self.weight * x32.to(x.dtype)
 
     def reset_parameters(self) -> None:
-        nn.init.ones_(self.weight)
+        (nn.init.zeros_ if self.unit_offset else nn.init.ones_)(self.weight)
 
 
 class RotaryEmbedding(nn.Module):
@@ -168,6 +176,10 @@ class CausalSelfAttention(nn.Module):
 
     One fused Linear makes q, k and v: (n_head + 2 * n_kv_head) * head_dim outputs, q first.
     With n_kv_head < n_head, each k/v head serves n_head // n_kv_head consecutive query heads.
+    head_dim defaults to n_embd // n_head; an explicit one (Qwen3, Gemma) need not multiply
+    back to n_embd: proj maps n_head * head_dim back to n_embd.
+    q_norm/k_norm (QK-norm, Qwen3's layout): norms over head_dim applied to every q and k
+    head after the projection and before RoPE; give both, or neither for plain attention.
     """
 
     def __init__(
@@ -179,17 +191,21 @@ class CausalSelfAttention(nn.Module):
         dropout: float = 0.0,
         layer_idx: int = 0,
         qkv_bias: bool | None = None,
+        head_dim: int | None = None,
+        q_norm: nn.Module | None = None,
+        k_norm: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.n_head = n_head
         self.n_kv_head = n_kv_head or n_head
-        self.head_dim = n_embd // n_head
+        self.head_dim = head_dim or n_embd // n_head
         self.layer_idx = layer_idx  # where this layer's keys live in a KVCache
         self.dropout = dropout
         # qkv_bias None: same as `bias`. Qwen2 has biases on q/k/v only (qkv_bias=True, bias=False).
         qkv_bias = bias if qkv_bias is None else qkv_bias
         self.qkv = nn.Linear(n_embd, (n_head + 2 * self.n_kv_head) * self.head_dim, bias=qkv_bias)
         self.proj = nn.Linear(n_head * self.head_dim, n_embd, bias=bias)
+        self.q_norm, self.k_norm = q_norm, k_norm
 
     def forward(
         self,
@@ -203,8 +219,14 @@ class CausalSelfAttention(nn.Module):
         B, T, _ = x.shape
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.qkv(x).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
-        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        q = q.view(B, T, nh, hs)  # (B, T, nh, hs)
+        k = k.view(B, T, nkv, hs)  # (B, T, nkv, hs)
+        if self.q_norm is not None and self.k_norm is not None:
+            # Back to the projection's dtype: under bf16 autocast the fp32 norm weight would
+            # promote q and k to fp32 while v stays bf16, and SDPA needs one dtype.
+            q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)
+        q = q.transpose(1, 2)  # (B, nh, T, hs)
+        k = k.transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
@@ -231,7 +253,7 @@ class CausalSelfAttention(nn.Module):
                 v = v.repeat_interleave(nh // nkv, dim=1)
         dropout_p = self.dropout if self.training else 0.0
         y = attend(q, k, v, mask, dropout_p, is_causal, **gqa)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, nh * hs)  # (B, T, C): reshape copies only once
+        y = y.transpose(1, 2).reshape(B, T, nh * hs)  # (B, T, nh*hs): reshape copies only once
         return self.proj(y)
 
 
@@ -256,36 +278,62 @@ def document_mask(doc_ids: Tensor) -> Tensor:
     return (same & causal).unsqueeze(1)  # (B, 1, T, T)
 
 
-class MLP(nn.Module):
-    """GPT-2 feed-forward: Linear, GELU, Linear.
+def gelu_tanh(x: Tensor) -> Tensor:
+    """GELU's tanh approximation: GPT-2's own (HF "gelu_new"), Gemma's "gelu_pytorch_tanh"."""
+    return F.gelu(x, approximate="tanh")
 
-    approximate="tanh" is GPT-2's own GELU (HF "gelu_new"); "none" is the exact erf GELU,
-    which is 2-3x cheaper on CPUs (measured, torch 2.13, forward+backward).
-    """
+
+def relu2(x: Tensor) -> Tensor:
+    """relu(x)^2 (Primer; modded-nanogpt's MLP): as cheap as ReLU, with a continuous slope."""
+    return F.relu(x).square()
+
+
+# Activation name -> function. "gelu" is the exact erf GELU, 2-3x cheaper than the tanh form
+# on CPUs (measured, torch 2.13, forward+backward).
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu_tanh": gelu_tanh,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "relu2": relu2,
+}
+
+
+class MLP(nn.Module):
+    """Plain feed-forward: down(act(up(x))). GPT-2's with GELU; relu2 for the modern recipe."""
 
     def __init__(
-        self, n_embd: int, hidden: int, bias: bool = True, approximate: str = "tanh"
+        self,
+        n_embd: int,
+        hidden: int,
+        bias: bool = True,
+        activation: str = "gelu_tanh",
     ) -> None:
         super().__init__()
         self.up = nn.Linear(n_embd, hidden, bias=bias)
         self.down = nn.Linear(hidden, n_embd, bias=bias)
-        self.approximate = approximate
+        self.activation = activation
+        self.act = ACTIVATIONS[activation]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(F.gelu(self.up(x), approximate=self.approximate))
+        return self.down(self.act(self.up(x)))
 
 
-class SwiGLU(nn.Module):
-    """Llama feed-forward: down(silu(gate(x)) * up(x))."""
+class GatedMLP(nn.Module):
+    """Gated feed-forward: down(act(gate(x)) * up(x)); SwiGLU with "silu" (Llama, Qwen),
+    GeGLU with "gelu_tanh" (Gemma)."""
 
-    def __init__(self, n_embd: int, hidden: int, bias: bool = False) -> None:
+    def __init__(
+        self, n_embd: int, hidden: int, bias: bool = False, activation: str = "silu"
+    ) -> None:
         super().__init__()
         self.gate = nn.Linear(n_embd, hidden, bias=bias)
         self.up = nn.Linear(n_embd, hidden, bias=bias)
         self.down = nn.Linear(hidden, n_embd, bias=bias)
+        self.activation = activation
+        self.act = ACTIVATIONS[activation]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(self.act(self.gate(x)) * self.up(x))
 
 
 class Block(nn.Module):

@@ -2,11 +2,15 @@
 
 - "gpt2": learned absolute positions, LayerNorm, GELU MLP, biases, tied embeddings.
 - "llama": RoPE, RMSNorm, SwiGLU MLP, grouped-query attention, no biases, untied embeddings.
-  Mistral is the same architecture; Qwen2 is llama with `qkv_bias=True` (biases on q/k/v only).
+  Mistral is the same architecture; Qwen2 is llama with `qkv_bias=True` (biases on q/k/v only);
+  Qwen3 is llama with `qk_norm` and an explicit `head_dim`; Gemma is llama with
+  `norm_unit_offset`, `embedding_scale`, GeGLU (`activation: gelu_tanh`) and a wide `head_dim`.
 
 Both are the same `GPT` module; the constructor picks the pieces (blocks.py) by flavour and
 passes them to `Block`, so the forward pass has no flavour branches.
-`GPTForSequenceClassification` puts a linear `score` head on the last real token of each row.
+`recipe: modern` fills the fields a config leaves unset with today's speedrun choices
+(`RECIPES`); `GPTForSequenceClassification` puts a linear `score` head on the last real token
+of each row.
 """
 
 from __future__ import annotations
@@ -24,10 +28,10 @@ from groundup.models.blocks import (
     MLP,
     Block,
     CausalSelfAttention,
+    GatedMLP,
     KVCache,
     RMSNorm,
     RotaryEmbedding,
-    SwiGLU,
     document_mask,
     document_positions,
 )
@@ -35,6 +39,24 @@ from groundup.models.model_config import ModelConfig, check_positive_int
 from groundup.registry import lookup
 
 FLAVOURS = {"gpt2": "gpt2", "llama": "llama"}
+# Activations each flavour's MLP takes: gelu/gelu_tanh/relu2 in a plain MLP (gpt2), silu and
+# gelu_tanh gated (SwiGLU, GeGLU), relu2 plain (llama).
+ACTIVATIONS = {"gpt2": ("gelu_tanh", "gelu", "relu2"), "llama": ("silu", "gelu_tanh", "relu2")}
+
+# A recipe fills every field a config leaves unset (None). "modern": what the modded-nanogpt
+# speedrun converged on: RoPE, RMSNorm and no biases (flavour llama), untied embeddings,
+# QK-norm, a plain relu^2 MLP, logits soft-capped at 15, residual projections started at zero.
+RECIPES: dict[str, dict[str, Any]] = {
+    "modern": dict(
+        flavour="llama",
+        bias=False,
+        tie_embeddings=False,
+        qk_norm=True,
+        activation="relu2",
+        logit_softcap=15.0,
+        zero_init_proj=True,
+    ),
+}
 
 
 def llama_intermediate_size(n_embd: int, multiple_of: int = 256) -> int:
@@ -50,6 +72,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-tiny": dict(flavour="gpt2", n_layer=2, n_head=4, n_embd=32, block_size=64, vocab_size=96),
     "llama-tiny": dict(
         flavour="llama", n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=64, vocab_size=96
+    ),
+    "modern-tiny": dict(
+        recipe="modern", n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=64, vocab_size=96
     ),
     # nanoGPT's CPU "baby GPT" for character-level Shakespeare (its README command line:
     # bias=False there, 65 characters).
@@ -90,12 +115,47 @@ PRESETS: dict[str, dict[str, Any]] = {
         rope_theta=500000.0,
         tie_embeddings=True,
     ),
+    # Qwen3-0.6B's shape (596M parameters, tied): 16 heads of 128 over a 1024 model width.
+    "qwen3-0.6b": dict(
+        flavour="llama",
+        n_layer=28,
+        n_head=16,
+        n_kv_head=8,
+        n_embd=1024,
+        head_dim=128,
+        intermediate_size=3072,
+        block_size=4096,
+        vocab_size=151936,
+        rope_theta=1000000.0,
+        norm_eps=1e-6,
+        tie_embeddings=True,
+        qk_norm=True,
+    ),
+    # Gemma 2B's shape (2.51B parameters, tied; multi-query attention, heads of 256).
+    "gemma-2b": dict(
+        flavour="llama",
+        n_layer=18,
+        n_head=8,
+        n_kv_head=1,
+        n_embd=2048,
+        head_dim=256,
+        intermediate_size=16384,
+        block_size=8192,
+        vocab_size=256000,
+        norm_eps=1e-6,
+        tie_embeddings=True,
+        activation="gelu_tanh",
+        norm_unit_offset=True,
+        embedding_scale=True,
+    ),
 }
 
 
 @dataclass
 class GPTConfig(ModelConfig):
-    """Shape and options of a GPT. `None` fields take the flavour's default in __post_init__.
+    """Shape and options of a GPT. `None` fields take the recipe's value if `recipe` is set,
+    else the flavour's default, in __post_init__; the resolved values are what `to_dict`
+    saves, so a saved config rebuilds the same model whatever the recipe holds later.
 
     `from_name`, `from_dict`, `to_dict`: ModelConfig.
     """
@@ -104,57 +164,83 @@ class GPTConfig(ModelConfig):
     preset_kind = "model preset"
     config_kind = "GPT config"
 
-    flavour: str = "gpt2"
+    flavour: str | None = None  # "gpt2" or "llama"; None: gpt2 (recipe modern: llama)
     n_layer: int = 12
     n_head: int = 12
     n_kv_head: int | None = None  # None: n_head (plain multi-head attention)
     n_embd: int = 768
     block_size: int = 1024
     vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64 for fast matmuls
-    intermediate_size: int | None = None  # None: 4*n_embd (gpt2), llama_intermediate_size (llama)
+    # None: 4*n_embd (gpt2 and relu2), llama_intermediate_size (gated llama MLPs)
+    intermediate_size: int | None = None
     dropout: float = 0.0
     bias: bool | None = None  # None: True (gpt2), False (llama)
     rope_theta: float = 10000.0  # llama only
     norm_eps: float = 1e-5
     tie_embeddings: bool | None = None  # None: True (gpt2), False (llama)
     init_std: float = 0.02
-    # gpt2 MLP: "gelu_tanh" (GPT-2's own, HF "gelu_new") or "gelu" (exact erf, as nanoGPT;
-    # about 2x cheaper on CPUs). llama always uses SwiGLU ("silu").
+    # gpt2 MLP: "gelu_tanh" (GPT-2's own, HF "gelu_new"), "gelu" (exact erf, as nanoGPT;
+    # about 2x cheaper on CPUs) or "relu2". llama: "silu" (SwiGLU), "gelu_tanh" (GeGLU,
+    # Gemma) or "relu2" (a plain MLP, no gate). None: gelu_tanh (gpt2), silu (llama).
     activation: str | None = None
     # Biases on the q/k/v projections even when bias=False (Qwen2); llama flavour only.
     # With bias=True the projections have biases anyway and this changes nothing.
     qkv_bias: bool = False
+    # Size of each attention head; None: n_embd // n_head. The llama flavour takes any even
+    # size (Qwen3, Gemma): attention then works in n_head * head_dim, not n_embd.
+    head_dim: int | None = None
+    # RMSNorm over head_dim on every q and k head, before RoPE (Qwen3). None: false.
+    qk_norm: bool | None = None
+    # RMSNorms scale by (1 + weight), weights starting at 0 (Gemma); llama flavour only.
+    norm_unit_offset: bool = False
+    # Token embeddings times sqrt(n_embd) before the first block (Gemma).
+    embedding_scale: bool = False
+    # logits = c * tanh(logits / c) (Gemma 2's final soft-cap; modded-nanogpt uses 15-30);
+    # 0 is off. None: 0.
+    logit_softcap: float | None = None
+    # attn.proj and mlp.down start at zero, so each block starts as the identity. None: false.
+    zero_init_proj: bool | None = None
+    # "modern" fills every field left unset (null) from RECIPES["modern"]; null: no recipe.
+    recipe: str | None = None
 
     def __post_init__(self) -> None:
-        self.flavour = lookup(FLAVOURS, self.flavour, "model flavour")
+        if self.recipe is not None:
+            recipe = lookup(RECIPES, self.recipe, "model recipe")
+            self.recipe = self.recipe.lower()
+            for name, value in recipe.items():
+                if getattr(self, name) is None:  # only what the config left unset
+                    setattr(self, name, value)
+        self.flavour = lookup(
+            FLAVOURS, "gpt2" if self.flavour is None else self.flavour, "model flavour"
+        )
         gpt2 = self.flavour == "gpt2"
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
             check_positive_int(name, getattr(self, name))
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         check_positive_int("n_kv_head", self.n_kv_head)
+        if self.activation is None:
+            self.activation = "gelu_tanh" if gpt2 else "silu"
+        valid = ACTIVATIONS[self.flavour]
+        if self.activation not in valid:
+            raise ConfigError(
+                f"activation {self.activation!r} is not available for flavour {self.flavour!r}; "
+                f"use one of {', '.join(valid)}"
+            )
         if self.intermediate_size is None:
+            plain = gpt2 or self.activation == "relu2"
             self.intermediate_size = (
-                4 * self.n_embd if gpt2 else llama_intermediate_size(self.n_embd)
+                4 * self.n_embd if plain else llama_intermediate_size(self.n_embd)
             )
         check_positive_int("intermediate_size", self.intermediate_size)
         if self.bias is None:
             self.bias = gpt2
         if self.tie_embeddings is None:
             self.tie_embeddings = gpt2
-        if self.activation is None:
-            self.activation = "gelu_tanh" if gpt2 else "silu"
-        valid = ("gelu_tanh", "gelu") if gpt2 else ("silu",)
-        if self.activation not in valid:
-            raise ConfigError(
-                f"activation {self.activation!r} is not available for flavour {self.flavour!r}; "
-                f"use one of {', '.join(valid)}"
-            )
-        if self.n_embd % self.n_head:
-            raise ConfigError(
-                f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}; "
-                "pick n_embd as a multiple of n_head (e.g. head size 64)"
-            )
+        self.qk_norm = bool(self.qk_norm)
+        self.zero_init_proj = bool(self.zero_init_proj)
+        self.logit_softcap = float(self.logit_softcap or 0.0)
+        self._resolve_head_dim()
         if self.n_head % self.n_kv_head:
             raise ConfigError(
                 f"n_head {self.n_head} is not divisible by n_kv_head {self.n_kv_head}; "
@@ -165,23 +251,46 @@ class GPTConfig(ModelConfig):
                 f"n_kv_head {self.n_kv_head} != n_head {self.n_head} needs flavour 'llama'; "
                 "grouped-query attention is not part of GPT-2 (drop n_kv_head or switch flavour)"
             )
-        if not gpt2 and self.head_dim % 2:
-            raise ConfigError(
-                f"head size n_embd/n_head = {self.head_dim} is odd; RoPE needs an even head size"
-            )
         if gpt2 and self.qkv_bias:
             raise ConfigError(
                 "qkv_bias is a llama-flavour option (Qwen2); for flavour 'gpt2' use bias=True"
+            )
+        if gpt2 and self.norm_unit_offset:
+            raise ConfigError(
+                "norm_unit_offset is a llama-flavour option (Gemma's RMSNorm); flavour 'gpt2' "
+                "uses LayerNorm: drop it or set flavour: llama"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         for name in ("rope_theta", "norm_eps", "init_std"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.logit_softcap < math.inf:
+            raise ConfigError(
+                f"logit_softcap must be a finite number >= 0 (0 turns it off), got "
+                f"{self.logit_softcap}"
+            )
 
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+    def _resolve_head_dim(self) -> None:
+        """head_dim None -> n_embd // n_head; an explicit one is checked against the flavour."""
+        if self.head_dim is None:
+            if self.n_embd % self.n_head:
+                raise ConfigError(
+                    f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}; "
+                    "pick n_embd as a multiple of n_head (e.g. head size 64) or set head_dim"
+                )
+            self.head_dim = self.n_embd // self.n_head
+        check_positive_int("head_dim", self.head_dim)
+        if self.flavour == "gpt2" and self.head_dim * self.n_head != self.n_embd:
+            raise ConfigError(
+                f"head_dim {self.head_dim} * n_head {self.n_head} != n_embd {self.n_embd} needs "
+                "flavour 'llama'; for flavour 'gpt2' drop head_dim"
+            )
+        if self.flavour == "llama" and self.head_dim % 2:
+            raise ConfigError(
+                f"head size {self.head_dim} is odd; RoPE needs an even head size (set head_dim, "
+                "or n_embd/n_head, to an even number)"
+            )
 
 
 class GPT(nn.Module):
@@ -192,6 +301,10 @@ class GPT(nn.Module):
         self.config = cfg = config
         gpt2 = cfg.flavour == "gpt2"
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        # Gemma's sqrt(n_embd) embedding scale, a buffer as in transformers so it follows the
+        # model's dtype: under bf16 weights the scale itself is rounded to bf16 first.
+        scale = torch.tensor(math.sqrt(cfg.n_embd)) if cfg.embedding_scale else None
+        self.register_buffer("embed_scale", scale, persistent=False)
         # Position information: learned table (gpt2) or rotary angles inside attention (llama).
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd) if gpt2 else None
         self.rope = None if gpt2 else RotaryEmbedding(cfg.head_dim, cfg.block_size, cfg.rope_theta)
@@ -207,10 +320,16 @@ class GPT(nn.Module):
         cfg = self.config
         if cfg.flavour == "gpt2":
             return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
-        return RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        return RMSNorm(cfg.n_embd, eps=cfg.norm_eps, unit_offset=cfg.norm_unit_offset)
 
     def _make_block(self, layer_idx: int) -> Block:
         cfg = self.config
+        q_norm = k_norm = None
+        if cfg.qk_norm:
+            q_norm, k_norm = (
+                RMSNorm(cfg.head_dim, eps=cfg.norm_eps, unit_offset=cfg.norm_unit_offset)
+                for _ in range(2)
+            )
         attn = CausalSelfAttention(
             cfg.n_embd,
             cfg.n_head,
@@ -219,25 +338,30 @@ class GPT(nn.Module):
             cfg.dropout,
             layer_idx,
             qkv_bias=cfg.bias or cfg.qkv_bias,
+            head_dim=cfg.head_dim,
+            q_norm=q_norm,
+            k_norm=k_norm,
         )
-        if cfg.flavour == "gpt2":
-            approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
-            mlp: nn.Module = MLP(cfg.n_embd, cfg.intermediate_size, cfg.bias, approximate)
+        if cfg.flavour == "gpt2" or cfg.activation == "relu2":
+            mlp: nn.Module = MLP(cfg.n_embd, cfg.intermediate_size, cfg.bias, cfg.activation)
         else:
-            mlp = SwiGLU(cfg.n_embd, cfg.intermediate_size, cfg.bias)
+            mlp = GatedMLP(cfg.n_embd, cfg.intermediate_size, cfg.bias, cfg.activation)
         return Block(attn, mlp, self._make_norm(), self._make_norm(), cfg.dropout)
 
     @torch.no_grad()
     def init_weights(self) -> None:
         """GPT-2 initialization: normal(0, init_std) for Linear and Embedding weights, zero biases,
         unit norms; the two projections that write into the residual stream (attn.proj and
-        mlp.down) get std / sqrt(2 * n_layer) so the residual variance does not grow with depth.
+        mlp.down) get std / sqrt(2 * n_layer) so the residual variance does not grow with depth,
+        or start at zero with zero_init_proj (each block then starts as the identity; the
+        first step moves only those projections, since no gradient passes a zero matrix).
 
-        Also recomputes the RoPE tables, so a model built on the meta device becomes usable
-        after `model.to_empty(device=...)` and `model.init_weights()`.
+        Also recomputes the RoPE tables and the embedding scale, so a model built on the meta
+        device becomes usable after `model.to_empty(device=...)` and `model.init_weights()`.
         """
-        std = self.config.init_std
-        resid_std = std / math.sqrt(2 * self.config.n_layer)
+        cfg = self.config
+        std = cfg.init_std
+        resid_std = 0.0 if cfg.zero_init_proj else std / math.sqrt(2 * cfg.n_layer)
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
                 is_resid = name.endswith(("attn.proj", "mlp.down"))
@@ -248,6 +372,8 @@ class GPT(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
             elif isinstance(module, (nn.LayerNorm, RMSNorm, RotaryEmbedding)):
                 module.reset_parameters()
+        if self.embed_scale is not None:
+            self.embed_scale.fill_(math.sqrt(cfg.n_embd))
 
     def forward(
         self, idx: Tensor, kv_cache: KVCache | None = None, doc_ids: Tensor | None = None
@@ -264,7 +390,18 @@ class GPT(nn.Module):
         input is one tensor carries them as idx of shape (B, 2, T): token ids, then doc ids
         (what packed SFT batches hold). Without them the model runs SDPA's causal kernel.
         """
-        return self.lm_head(self.hidden_states(idx, kv_cache, doc_ids))  # (B, T, vocab_size)
+        return self.logits(self.hidden_states(idx, kv_cache, doc_ids))  # (B, T, vocab_size)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """The vocabulary logits of final hidden states (..., n_embd): lm_head, then the
+        soft-cap c * tanh(logits / c) when logit_softcap is set. Code that runs the trunk and
+        the head apart (scoring only some positions) must call this, not lm_head, or it
+        skips the cap."""
+        logits = self.lm_head(hidden)  # (..., vocab_size)
+        cap = self.config.logit_softcap
+        if cap:
+            logits = cap * torch.tanh(logits / cap)
+        return logits
 
     def hidden_states(
         self, idx: Tensor, kv_cache: KVCache | None = None, doc_ids: Tensor | None = None
@@ -297,6 +434,8 @@ class GPT(nn.Module):
                 f"last {self.config.block_size} tokens or use a model with a larger block_size"
             )
         x = self.tok_emb(idx)  # (B, T, C)
+        if self.embed_scale is not None:
+            x = x * self.embed_scale.to(x.dtype)
         mask = rope = None
         if doc_ids is None:
             if self.pos_emb is not None:
@@ -344,16 +483,18 @@ class GPT(nn.Module):
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Model FLOPs per token for forward + backward: 6*N + 12*n_layer*n_embd*T.
+        """Model FLOPs per token for forward + backward: 6*N + 12*n_layer*n_head*head_dim*T.
 
         The convention of the PaLM paper (appendix B) and nanoGPT's estimate_mfu: 6 FLOPs per
         weight per token (2 forward, 4 backward) with N = num_params(non_embedding=True), plus
-        the attention scores and weighted sum (2 * 2 * n_layer * T * n_embd forward, times 3).
+        the attention scores and weighted sum (2 * 2 * n_layer * T * n_head * head_dim
+        forward, times 3; n_head * head_dim is n_embd unless head_dim is set apart).
         T is seq_len (default block_size); activation recomputation is not counted.
         """
         cfg = self.config
         T = cfg.block_size if seq_len is None else seq_len
-        return 6 * self.num_params(non_embedding=True) + 12 * cfg.n_layer * cfg.n_embd * T
+        attn_width = cfg.n_head * cfg.head_dim
+        return 6 * self.num_params(non_embedding=True) + 12 * cfg.n_layer * attn_width * T
 
     def generate(self, idx: Tensor, max_new_tokens: int, **kwargs: Any) -> Tensor:
         """Sample a continuation; see `groundup.generate.generate` for the options."""
