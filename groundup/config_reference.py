@@ -282,7 +282,25 @@ def _md_code(text: str) -> str:
 def command_markdown(command: str) -> str:
     """The reference of one command as a markdown section with a table."""
     cls = config_class(command)
-    lines = [f"## `groundup {command}` ({cls.__name__})", ""]
+    return class_markdown(f"## `groundup {command}` ({cls.__name__})", cls)
+
+
+def model_markdown() -> str:
+    """The fields of the `model:` mapping of a GPT (pretrain, and finetune's new heads)."""
+    from groundup.models.gpt import GPTConfig
+
+    return class_markdown(
+        "## `model:` of a GPT (GPTConfig)", GPTConfig,
+        "The fields of `model:` in `groundup pretrain` (beside `preset`, whose fields they "
+        "override). `null` fields take the flavour's (or the recipe's) default.",
+    )  # fmt: skip
+
+
+def class_markdown(title: str, cls: type, intro: str = "") -> str:
+    """One dataclass's keys as a markdown section with a table."""
+    lines = [title, ""]
+    if intro:
+        lines += [intro, ""]
     if doc_line(cls):
         lines += [doc_line(cls), ""]
     lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
@@ -328,6 +346,7 @@ def reference_markdown() -> str:
     ]
     for command in COMMANDS:
         parts.append(command_markdown(command))
+    parts.append(model_markdown())
     return "\n".join(parts)
 
 

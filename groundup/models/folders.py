@@ -5,7 +5,7 @@ Three kinds of model folder are understood, told apart by config.json's `model_t
 - "groundup-gpt": a pretrain run's `model/` (GPT config, model.safetensors, tokenizer.json);
 - "groundup-finetuned": a finetune run's `model/` (task, labels, full weights or a LoRA
   adapter that names its base folder);
-- anything else: a Hugging Face model folder (GPT-2, Llama, Mistral, Qwen2, BERT).
+- anything else: a Hugging Face model folder (GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma, BERT).
 A run directory may be given instead of its `model/` folder.
 """
 

@@ -165,20 +165,22 @@ class GPTConfig(ModelConfig):
     config_kind = "GPT config"
 
     flavour: str | None = None  # "gpt2" or "llama"; None: gpt2 (recipe modern: llama)
-    n_layer: int = 12
-    n_head: int = 12
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 12  # attention (query) heads
     n_kv_head: int | None = None  # None: n_head (plain multi-head attention)
-    n_embd: int = 768
-    block_size: int = 1024
+    n_embd: int = 768  # width of the residual stream
+    block_size: int = 1024  # the longest sequence (context) the model takes
     vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64 for fast matmuls
     # None: 4*n_embd (gpt2 and relu2), llama_intermediate_size (gated llama MLPs)
     intermediate_size: int | None = None
-    dropout: float = 0.0
+    dropout: float = 0.0  # on embeddings, attention weights and residual branches
     bias: bool | None = None  # None: True (gpt2), False (llama)
     rope_theta: float = 10000.0  # llama only
-    norm_eps: float = 1e-5
+    norm_eps: float = 1e-5  # LayerNorm/RMSNorm epsilon
     tie_embeddings: bool | None = None  # None: True (gpt2), False (llama)
-    init_std: float = 0.02
+    init_std: float = (
+        0.02  # std of the normal init of weights (residual projections: / sqrt(2 n_layer))
+    )
     # gpt2 MLP: "gelu_tanh" (GPT-2's own, HF "gelu_new"), "gelu" (exact erf, as nanoGPT;
     # about 2x cheaper on CPUs) or "relu2". llama: "silu" (SwiGLU), "gelu_tanh" (GeGLU,
     # Gemma) or "relu2" (a plain MLP, no gate). None: gelu_tanh (gpt2), silu (llama).
@@ -200,7 +202,8 @@ class GPTConfig(ModelConfig):
     logit_softcap: float | None = None
     # attn.proj and mlp.down start at zero, so each block starts as the identity. None: false.
     zero_init_proj: bool | None = None
-    # "modern" fills every field left unset (null) from RECIPES["modern"]; null: no recipe.
+    # "modern" fills every field left unset (null): flavour llama, bias false, tie_embeddings
+    # false, qk_norm true, activation relu2, logit_softcap 15, zero_init_proj true.
     recipe: str | None = None
 
     def __post_init__(self) -> None:
