@@ -4,18 +4,26 @@ import groundup as gu
 model = gu.Sequential([gu.layers.Dense(64, activation="relu"), gu.layers.Dense(10, activation="softmax")])
 model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 model.fit(x, y, epochs=5)
+
+A Keras tutorial runs with one changed line: `import groundup as keras` (`from groundup import
+layers`); gu.Input / gu.Model give the functional and subclassed APIs (docs/keras.md).
 """
 
 from groundup import checkpoint, data, errors, evals
 from groundup.generate import generate
-from groundup.keras import activations, layers, regularizers
-from groundup.keras.sequential import Sequential, load_model
+from groundup.keras import activations, layers, regularizers, utils
+from groundup.keras.model import Model
+from groundup.keras.saving import load_model
+from groundup.keras.sequential import Sequential
+from groundup.keras.symbolic import Input, KerasTensor
 from groundup.models.gpt import GPT, GPTConfig
 from groundup.seed import set_seed
 from groundup.train import callbacks, losses, metrics, optim, schedules
 from groundup.train.batches import TensorBatches
 from groundup.train.history import History
 from groundup.train.trainer import Trainer
+
+optimizers = optim  # Keras' name: keras.optimizers.Adam(learning_rate=1e-3)
 
 __version__ = "0.1.0"
 
@@ -24,6 +32,9 @@ __all__ = [
     "GPTConfig",
     "generate",
     "History",
+    "Input",
+    "KerasTensor",
+    "Model",
     "Sequential",
     "TensorBatches",
     "Trainer",
@@ -38,7 +49,9 @@ __all__ = [
     "losses",
     "metrics",
     "optim",
+    "optimizers",
     "regularizers",
     "schedules",
     "set_seed",
+    "utils",
 ]

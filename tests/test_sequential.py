@@ -185,3 +185,38 @@ def test_fit_twice_continues_training() -> None:
     h2 = model.fit(x, y, epochs=3, verbose=0)
     assert len(h2.history["loss"]) == 3
     assert h2.history["loss"][-1] < h1.history["loss"][0]
+
+
+def test_keras_style_input_and_build() -> None:
+    model = gu.Sequential([gu.Input(shape=(4,)), gu.layers.Dense(3)])
+    assert model.built and model.input_shape == (4,) and len(model.layers) == 1
+    assert model.count_params() == 15
+    lazy = gu.Sequential([gu.layers.Dense(3), gu.layers.BatchNormalization()])
+    lazy.build((None, 4))  # Keras' shape with its batch axis
+    assert lazy.input_shape == (4,)
+    text = lazy.summary(print_fn=None)
+    assert "Total params: 27" in text and "Non-trainable params: 6" in text  # moving mean/var
+
+
+def test_sequential_is_a_model_with_the_shared_facade(tmp_path) -> None:
+    ids = np.random.default_rng(0).integers(0, 10, (32, 3)).astype(np.float32)  # ids as floats
+    y = (ids.sum(axis=1, keepdims=True) / 10).astype(np.float32)
+    gu.set_seed(0)
+    model = gu.Sequential(
+        [
+            gu.Input(shape=(3,), dtype="int64"),  # cast to ids before the Embedding
+            gu.layers.Embedding(10, 2),
+            gu.layers.Flatten(),
+            gu.layers.Dense(1),
+        ]
+    )
+    assert isinstance(model, gu.Model)
+    model.compile(optimizer="adam", loss="mse", lr=0.05, device="cpu")
+    history = model.fit(ids, y, epochs=5, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    model.save(tmp_path / "m")
+    loaded = gu.load_model(tmp_path / "m")
+    assert isinstance(loaded, gu.Sequential) and loaded._input_dtype == "int64"
+    np.testing.assert_allclose(loaded.predict(ids), model.predict(ids), rtol=1e-6)
+    with pytest.raises(DataError, match="declared int64 but holds fractions"):
+        model.predict(ids + 0.5)

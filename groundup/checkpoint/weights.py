@@ -75,6 +75,11 @@ def load_tensors(
     missing or unexpected keys are with `strict` (tied weights, and keys starting with
     `allow_missing`, may be absent). `source` names where they came from, `fix` the remedy."""
     target = unwrap(model)
+    tensors = dict(tensors)
+    for name, module in target.named_modules():  # older layouts a module still reads
+        upgrade = getattr(module, "upgrade_saved_tensors", None)
+        if callable(upgrade):
+            upgrade(f"{name}." if name else "", tensors)
     expected = target.state_dict()
     shared = _tied_keys(target)
     missing = [

@@ -11,6 +11,15 @@ A layer is a plain `nn.Module` that knows a little more than one:
 
 Subclasses implement `call` (the computation minus the output activation), `_build`
 (create parameters), `compute_output_shape` and `_config` (their constructor kwargs).
+
+Several inputs (shared with the functional API): a layer called with a list of tensors
+(`Add()([a, b])`) gets a list of per-sample shapes in `build`/`compute_output_shape` and the
+list in `call`; a layer called with several positional tensors (`mha(query, value)`) gets them
+as separate arguments, and its shapes likewise (`compute_output_shape(query_shape, value_shape)`).
+
+Masks (B, T) bool, True = a real step: a layer whose `call` has a `mask` parameter receives one;
+`compute_mask(inputs, mask)`, where a layer defines it, gives the mask of its output; otherwise
+the mask passes through a layer with `supports_masking = True` and stops at any other.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -51,6 +61,38 @@ def reset_layer_names() -> None:
     _NAME_COUNTS.clear()
 
 
+def as_shapes(shape: Any, what: str) -> Shape | list[Shape]:
+    """One per-sample shape, or a list of them (the inputs of a merge layer)."""
+    if (
+        isinstance(shape, (list, tuple))
+        and shape
+        and all(isinstance(s, Sequence) and not isinstance(s, str) for s in shape)
+    ):
+        return [as_shape(s, what) for s in shape]
+    return as_shape(shape, what)
+
+
+def shape_of(x: Any) -> Any:
+    """Per-sample shape of a batch (no batch axis), or a list of them for a list of batches."""
+    if isinstance(x, (list, tuple)):
+        return [shape_of(t) for t in x]
+    if x is None:
+        return None
+    return tuple(x.shape[1:])
+
+
+def first_device(inputs: Any) -> torch.device | None:
+    """The device of the first tensor among `inputs` (nested lists too), else None."""
+    for x in inputs:
+        if isinstance(x, Tensor):
+            return x.device
+        if isinstance(x, (list, tuple)):
+            found = first_device(x)
+            if found is not None:
+                return found
+    return None
+
+
 def as_shape(shape: Any, what: str) -> Shape:
     """Validate a per-sample shape: a sequence of positive ints (or None for unknown)."""
     if isinstance(shape, int) and not isinstance(shape, bool):
@@ -69,6 +111,7 @@ class Layer(nn.Module):
     """Base of every Keras-style layer. See the module docstring for the contract."""
 
     activation: str | None = None  # name of the output activation, None for identity
+    supports_masking: bool = False  # True: an input mask passes through unchanged
     _repr_keys: tuple[str, ...] = ()
 
     def __init__(self, *, input_shape: Sequence[int | None] | None = None, name: str | None = None):
@@ -94,50 +137,68 @@ class Layer(nn.Module):
 
     # ---- building -------------------------------------------------------------------------
 
-    def build(self, input_shape: Sequence[int | None]) -> None:
+    def build(self, input_shape: Any, *more_shapes: Any) -> None:
         """Create the parameters for inputs of per-sample shape `input_shape` (no batch axis).
 
+        `input_shape` is a list of shapes for a layer called with a list of tensors;
+        `more_shapes` are the shapes of further positional inputs (None for one not given).
         Idempotent: a built layer ignores later calls. Raises ShapeError for a shape the layer
         cannot take (wrong rank, too small for the kernel, unknown feature width).
         """
         if self.built:
             return
-        shape = as_shape(input_shape, f"{self._who}: input shape")
-        self.compute_output_shape(shape)  # validates the shape before anything is created
-        self._build(shape)
-        self.build_input_shape = shape
+        shape = as_shapes(input_shape, f"{self._who}: input shape")
+        more = tuple(
+            None if m is None else as_shapes(m, f"{self._who}: input shape") for m in more_shapes
+        )
+        while more and more[-1] is None:  # an optional input not given (a key)
+            more = more[:-1]
+        self.compute_output_shape(shape, *more)  # validates the shapes before anything is made
+        self._build(shape, *more)
+        self.build_input_shape = shape if not more else (shape, *more)
         self.built = True
 
-    def _build(self, input_shape: Shape) -> None:
+    def _build(self, input_shape: Any, *more_shapes: Any) -> None:
         """Create parameters; layers without parameters keep this no-op."""
 
-    def _build_from(self, x: Tensor) -> None:
-        self.build(tuple(x.shape[1:]))
+    def _build_from(self, *inputs: Any, **kwargs: Any) -> None:
+        self.build(*(shape_of(x) for x in inputs))
         # Parameters are created on the CPU: follow the input when the model was moved to an
         # accelerator before its first batch. (Build before changing the dtype, though.)
-        self.to(x.device)
+        device = first_device(inputs)
+        if device is not None:
+            self.to(device)
 
-    def compute_output_shape(self, input_shape: Sequence[int | None]) -> Shape:
+    def compute_output_shape(self, input_shape: Any, *more_shapes: Any) -> Any:
         """Per-sample output shape for a per-sample input shape; identity by default."""
         return tuple(input_shape)
 
     # ---- running --------------------------------------------------------------------------
 
-    def call(self, x: Tensor) -> Tensor:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # Plain tensors go straight to nn.Module; symbolic inputs (the functional API), a list
+        # of inputs and keyword options (mask=, training=) go through the Keras call rules.
+        if kwargs or not (args and isinstance(args[0], Tensor)):
+            from groundup.keras.symbolic import layer_call  # symbolic imports the layers
+
+            return layer_call(self, super().__call__, args, kwargs)
+        return super().__call__(*args, **kwargs)
+
+    def call(self, x: Any, *args: Any, **kwargs: Any) -> Any:
         """The layer's computation without its output activation."""
         raise NotImplementedError
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, *inputs: Any, **kwargs: Any) -> Any:
         if not self.built:
-            self._build_from(x)
-        y = self.call(x)
+            self._build_from(*inputs, **kwargs)
+        y = self.call(*inputs, **kwargs)
         return y if self._activation_fn is None else self._activation_fn(y)
 
-    def forward_logits(self, x: Tensor) -> Tensor:
+    def forward_logits(self, *inputs: Any, **kwargs: Any) -> Any:
         """The forward pass without the output activation (see `output_activation`)."""
         if not self.built:
-            self._build_from(x)
-        return self.call(x)
+            self._build_from(*inputs, **kwargs)
+        return self.call(*inputs, **kwargs)
 
     @property
     def output_activation(self) -> str | None:
@@ -225,9 +286,30 @@ class Layer(nn.Module):
             "bias_regularizer": self._reg_config(self.bias_regularizer),
         }
 
+    def get_weights(self) -> list[np.ndarray]:
+        """The layer's weights as NumPy arrays, in Keras' order (torch's layouts)."""
+        from groundup.keras.weights import get_weights
+
+        return get_weights(self)
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Set the weights from a list like `get_weights()` gives (each shape is checked)."""
+        from groundup.keras.weights import set_weights
+
+        set_weights(self, weights, self._who)
+
     def count_params(self) -> int:
-        """Number of trainable and frozen parameters (0 before the layer is built)."""
-        return sum(p.numel() for p in self.parameters())
+        """Keras' count: parameters plus the saved state buffers Keras counts as non-trainable
+        weights (BatchNormalization's moving statistics, Normalization's mean and variance);
+        0 before the layer is built. Non-persistent buffers (a constant zero bias) do not count.
+        """
+        total = sum(p.numel() for p in self.parameters())
+        for module in self.modules():
+            skip = module._non_persistent_buffers_set
+            total += sum(
+                b.numel() for n, b in module._buffers.items() if b is not None and n not in skip
+            )
+        return total
 
     # ---- configs --------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from groundup.errors import ShapeError
+from groundup.errors import ConfigError, ShapeError
 from groundup.keras.activations import ActivationFn
 from groundup.keras.layers.base import Layer, Shape, choice, int_pair, known, positive_int
 from groundup.keras.regularizers import RegularizerLike
@@ -82,16 +82,20 @@ class _Spatial2D(Layer):
         )
         if any(o is not None and o <= 0 for o in outs):
             raise ShapeError(
-                f"{self._who}: input {h}x{w} is smaller than the window {self._kernel[0]}x"
-                f"{self._kernel[1]}; use padding='same' or larger inputs"
+                f"{self._who} expects images at least as large as the window {self._kernel[0]}x"
+                f"{self._kernel[1]}, got {h}x{w}; use padding='same' or larger inputs"
             )
         return outs[0], outs[1], c
+
+    _windowed = True  # the window must fit in the input (not so for a transposed conv)
 
     def _to_nchw(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
             raise ShapeError(
                 f"{self._who} expects images of shape {self._layout()}, got {tuple(x.shape)}"
             )
+        if self._windowed:
+            self._spatial_out(tuple(x.shape[1:]))  # a too-small image: a ShapeError, per call
         return x.permute(0, 3, 1, 2) if self._channels_last else x  # (B, C, H, W) view
 
     def _from_nchw(self, y: Tensor) -> Tensor:
@@ -123,6 +127,7 @@ class Conv2D(_Spatial2D):
         padding: str = "valid",
         data_format: str = "channels_last",
         dilation_rate: int | Sequence[int] = 1,
+        groups: int = 1,
         activation: str | ActivationFn | None = None,
         use_bias: bool = True,
         kernel_initializer: str = "glorot_uniform",
@@ -137,6 +142,12 @@ class Conv2D(_Spatial2D):
         self.kernel_size = int_pair(kernel_size, "kernel_size", self._who)
         self.strides = int_pair(strides, "strides", self._who)
         self.dilation_rate = int_pair(dilation_rate, "dilation_rate", self._who)
+        self.groups = positive_int(groups, "groups", self._who)
+        if self.filters % self.groups:
+            raise ConfigError(
+                f"{self._who}: filters ({self.filters}) must be a multiple of groups "
+                f"({self.groups})"
+            )
         self._init_spatial(self.kernel_size, self.strides, padding, data_format)
         self._dilation = self.dilation_rate
         self._set_activation(activation)
@@ -146,15 +157,20 @@ class Conv2D(_Spatial2D):
         self.in_channels = -1
 
     def compute_output_shape(self, input_shape: Sequence[int | None]) -> Shape:
-        h, w, _ = self._spatial_out(input_shape)
+        h, w, c = self._spatial_out(input_shape)
+        if c is not None and c % self.groups:
+            raise ShapeError(
+                f"{self._who} expects input channels in multiples of groups={self.groups}, got {c}"
+            )
         return self._shape_out(h, w, self.filters)
 
     def _build(self, input_shape: Shape) -> None:
         c = input_shape[-1] if self._channels_last else input_shape[0]
         self.in_channels = known(c, "number of input channels", self._who)
         kh, kw = self.kernel_size
-        fan_in, fan_out = self.in_channels * kh * kw, self.filters * kh * kw
-        kernel_shape = (self.filters, self.in_channels, kh, kw)
+        per_group = self.in_channels // self.groups
+        fan_in, fan_out = per_group * kh * kw, self.filters * kh * kw
+        kernel_shape = (self.filters, per_group, kh, kw)
         self._build_kernel_bias(kernel_shape, self.filters, fan_in, fan_out)
 
     def call(self, x: Tensor) -> Tensor:
@@ -171,7 +187,9 @@ class Conv2D(_Spatial2D):
                 padding = (top, left)  # symmetric: let conv2d pad internally (no copy)
             else:
                 x = F.pad(x, pads)
-        y = F.conv2d(x, self.kernel, self.bias, self.strides, padding, self.dilation_rate)
+        y = F.conv2d(
+            x, self.kernel, self.bias, self.strides, padding, self.dilation_rate, self.groups
+        )
         return self._from_nchw(y)
 
     def _config(self) -> dict[str, Any]:
@@ -182,6 +200,7 @@ class Conv2D(_Spatial2D):
             "padding": self.padding,
             "data_format": self.data_format,
             "dilation_rate": list(self.dilation_rate),
+            "groups": self.groups,
             "activation": self._activation_config(),
             **self._kernel_bias_config(),
         }
@@ -233,7 +252,8 @@ class MaxPool2D(_Pool2D):
 
 class AvgPool2D(_Pool2D):
     """Mean over pool_size windows; with "same" padding, padded cells are not counted
-    (TensorFlow's semantics), so border windows average only real values."""
+    (TensorFlow's and JAX's semantics), so border windows average only real values. (Keras'
+    torch backend differs where the padding is uneven: it repeats the edge values there.)"""
 
     def call(self, x: Tensor) -> Tensor:
         x = self._to_nchw(x)  # (B, C, H, W)

@@ -56,6 +56,7 @@ class Dense(Layer):
     Inputs of any rank >= 2 work: (B, F) -> (B, units), (B, T, F) -> (B, T, units).
     """
 
+    supports_masking = True
     _repr_keys = ("units", "activation")
 
     def __init__(
@@ -109,6 +110,7 @@ class Dense(Layer):
 class Activation(Layer):
     """Applies an activation function; `forward_logits` is the identity."""
 
+    supports_masking = True
     _repr_keys = ("activation",)
 
     def __init__(
@@ -130,6 +132,7 @@ class Activation(Layer):
 class Dropout(Layer):
     """Zeroes a fraction `rate` of inputs while training, scaling the rest by 1/(1-rate)."""
 
+    supports_masking = True
     _repr_keys = ("rate",)
 
     def __init__(
@@ -222,6 +225,7 @@ class Reshape(Layer):
 class Rescaling(Layer):
     """x * scale + offset, e.g. `Rescaling(1 / 255)` for pixel values."""
 
+    supports_masking = True
     _repr_keys = ("scale", "offset")
 
     def __init__(
@@ -249,6 +253,8 @@ class Embedding(Layer):
 
     Ids must lie in [0, input_dim): they are not range-checked here (that would need a device
     sync every step); torch raises an IndexError (CPU) or a device assert (GPU) otherwise.
+    With `mask_zero=True`, id 0 is padding and the layer gives the mask the next layers skip
+    (an LSTM carries its state over padded steps); id 0 still has a row, as in Keras.
     """
 
     _repr_keys = ("input_dim", "output_dim")
@@ -259,10 +265,13 @@ class Embedding(Layer):
         output_dim: int,
         embeddings_initializer: str = "uniform",
         embeddings_regularizer: RegularizerLike = None,
+        mask_zero: bool = False,
         input_shape: Sequence[int | None] | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(input_shape=input_shape, name=name)
+        self.mask_zero = bool(mask_zero)
+        self.supports_masking = self.mask_zero  # as Keras; compute_mask makes the mask
         self.input_dim = positive_int(input_dim, "input_dim", self._who)
         self.output_dim = positive_int(output_dim, "output_dim", self._who)
         self.embeddings_initializer = check_initializer(embeddings_initializer)
@@ -283,10 +292,15 @@ class Embedding(Layer):
             )
         return F.embedding(x, self.embeddings)
 
+    def compute_mask(self, inputs: Tensor, mask: Tensor | None = None) -> Tensor | None:
+        """With mask_zero, id 0 is padding: the mask is `inputs != 0` (True = a real token)."""
+        return inputs != 0 if self.mask_zero else None
+
     def _config(self) -> dict[str, Any]:
         return {
             "input_dim": self.input_dim,
             "output_dim": self.output_dim,
             "embeddings_initializer": self.embeddings_initializer,
             "embeddings_regularizer": self._reg_config(self.embeddings_regularizer),
+            "mask_zero": self.mask_zero,
         }

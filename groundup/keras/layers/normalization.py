@@ -32,6 +32,8 @@ def _axis_index(axis: int, rank: int, who: str) -> int:
 class _Affine(Layer):
     """The gamma (scale) and beta (center) that both normalization layers learn."""
 
+    supports_masking = True
+
     def _init_affine(
         self,
         center: bool,
@@ -72,10 +74,11 @@ class BatchNormalization(_Affine):
     """Normalizes each feature/channel with batch statistics while training and with moving
     averages at inference.
 
-    Keras semantics: `moving = momentum * moving + (1 - momentum) * batch`, so Keras'
-    momentum=0.99 is torch's momentum=0.01 (converted here). One difference remains: the
-    moving variance is updated with the unbiased batch variance (torch's fused kernel), where
-    Keras uses the biased one; a factor n/(n-1), negligible for usual batch sizes.
+    Keras semantics: `moving = momentum * moving + (1 - momentum) * batch`, with the biased
+    batch variance (divided by n, as Keras computes it). Trap: torch's fused kernel would
+    update its running variance with the unbiased one (n - 1) and weighs the *new* batch by
+    its momentum, so the kernel only normalizes here and the moving statistics are updated
+    beside it, from the same batch.
     """
 
     _repr_keys = ("axis", "momentum", "epsilon")
@@ -107,7 +110,6 @@ class BatchNormalization(_Affine):
         )
         self.moving_mean_initializer = check_initializer(moving_mean_initializer)
         self.moving_variance_initializer = check_initializer(moving_variance_initializer)
-        self._torch_momentum = 1.0 - self.momentum  # trap: torch weighs the *new* batch
         self._rank = -1
         self._ax = -1
         self.num_features = -1
@@ -135,17 +137,20 @@ class BatchNormalization(_Affine):
                 f"features on axis {self.axis}, got {tuple(x.shape)}"
             )
         moved = x if self._ax == 1 else x.movedim(self._ax, 1)  # (B, C, ...) view
-        y = F.batch_norm(
-            moved,
-            self.moving_mean,
-            self.moving_variance,
-            self.gamma,
-            self.beta,
-            self.training,
-            self._torch_momentum,
-            self.epsilon,
-        )
+        if self.training:
+            self._update_moving(moved)
+            stats: tuple[Tensor | None, Tensor | None] = (None, None)  # batch statistics
+        else:
+            stats = (self.moving_mean, self.moving_variance)
+        y = F.batch_norm(moved, *stats, self.gamma, self.beta, self.training, 0.0, self.epsilon)
         return y if self._ax == 1 else y.movedim(1, self._ax)
+
+    @torch.no_grad()
+    def _update_moving(self, moved: Tensor) -> None:
+        dims = [d for d in range(moved.dim()) if d != 1]
+        var, mean = torch.var_mean(moved, dim=dims, correction=0)  # biased, as Keras
+        self.moving_mean.lerp_(mean.to(self.moving_mean.dtype), 1.0 - self.momentum)
+        self.moving_variance.lerp_(var.to(self.moving_variance.dtype), 1.0 - self.momentum)
 
     def _config(self) -> dict[str, Any]:
         return {
