@@ -48,7 +48,7 @@ BATCH, NANOGPT_ITERS = 12, 2000
 ABLATIONS: dict[str, dict[str, Any]] = {
     "no qk_norm": {"model": {"qk_norm": False}},
     "no relu2 (SwiGLU)": {"model": {"activation": "silu"}},
-    "no logit_softcap": {"model": {"logit_softcap": None}},
+    "no logit_softcap": {"model": {"logit_softcap": 0}},  # 0 is off (null takes the recipe's)
     "no zero_init_proj": {"model": {"zero_init_proj": False}},
     "tied head": {"model": {"tie_embeddings": True}},
     "AdamW, not Muon": {"optim": "adamw"},

@@ -24,6 +24,10 @@ class OptimConfig:
     nesterov: bool | None = None  # sgd, muon
     betas: list[float] | None = None  # adam/adamw: [beta1, beta2], each in [0, 1)
     eps: float | None = None  # adam/adamw/rmsprop denominator term
+    # muon: the AdamW half (embeddings, head, norms, biases): its lr, [beta1, beta2] and decay
+    adamw_lr: float | None = None
+    adamw_betas: list[float] | None = None
+    adamw_weight_decay: float | None = None
     schedule: str = "constant"  # constant, step, cosine, linear, wsd
     warmup_steps: int = 0  # linear warmup from 0 to lr
     min_lr_ratio: float | None = None  # cosine/linear/wsd: final lr as a fraction of lr
@@ -47,11 +51,19 @@ class OptimConfig:
     def optimizer_spec(self) -> dict[str, Any]:
         """The {"name": ..., options} dict `build_optimizer` takes."""
         spec: dict[str, Any] = {"name": self.name, "lr": self.lr}
-        for key in ("weight_decay", "momentum", "nesterov", "eps"):
+        for key in (
+            "weight_decay",
+            "momentum",
+            "nesterov",
+            "eps",
+            "adamw_lr",
+            "adamw_weight_decay",
+        ):
             if getattr(self, key) is not None:
                 spec[key] = getattr(self, key)
-        if self.betas is not None:
-            spec["betas"] = tuple(self.betas)
+        for key in ("betas", "adamw_betas"):
+            if getattr(self, key) is not None:
+                spec[key] = tuple(getattr(self, key))
         return spec
 
     def schedule_spec(self) -> dict[str, Any]:
