@@ -335,11 +335,13 @@ def test_built_optimizer_passes_through():
 # -- Muon ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(64, 32), (32, 64), (48, 48)])
-def test_newton_schulz_singular_values_near_one(shape):
+def test_newton_schulz_singular_values_near_one(shape, dtype):
+    """Both iteration dtypes (the default is bf16 where the CPU has native bf16 matmuls)."""
     torch.manual_seed(0)
     g = torch.randn(*shape)
-    o = newton_schulz(g, steps=5)
+    o = newton_schulz(g, steps=5, dtype=dtype)
     assert o.shape == g.shape and o.dtype == g.dtype
     s = torch.linalg.svdvals(o)
     # The tuned quintic lands singular values in a band around 1 (not on 1); tiny ones of a

@@ -8,6 +8,7 @@ which imports this module (never the other way round).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -45,11 +46,12 @@ def newton_schulz(
 ) -> torch.Tensor:
     """Approximately orthogonalize `g` (..., m, n): U V^T of its SVD, singular values ~0.7-1.2.
 
-    Runs in bf16 on accelerators (the iteration tolerates it) and fp32 on CPU, where bf16
-    matmuls are slow; the result has g's dtype.
+    Runs in bf16 (the iteration tolerates it) wherever bf16 matmuls are native: accelerators,
+    and CPUs with AVX-512 BF16 or AMX (measured on a 2-core AVX-512 BF16 CPU: 1.6-4.6x faster
+    than fp32 for a small GPT's matrices); fp32 on other CPUs. The result has g's dtype.
     """
     if dtype is None:
-        dtype = torch.float32 if g.device.type == "cpu" else torch.bfloat16
+        dtype = _ns_dtype(g.device)
     x = g.to(dtype)
     tall = x.size(-2) > x.size(-1)
     if tall:
@@ -63,6 +65,13 @@ def newton_schulz(
     if tall:
         x = x.mT
     return x.to(g.dtype)
+
+
+@functools.cache
+def _ns_dtype(device: torch.device) -> torch.dtype:
+    from groundup.train.device import bf16_supported
+
+    return torch.bfloat16 if device.type != "cpu" or bf16_supported(device) else torch.float32
 
 
 _HEAD_NAMES = {"lm_head", "head", "classifier", "score", "wte", "wpe"}
