@@ -10,9 +10,10 @@ Rows:
 - nanoGPT: its own train.py from a checkout you fetched (`--nanogpt DIR`; never committed),
   fp32 as it runs on CPUs. Time = the sum of its per-iteration times (its evaluations left out).
 - gpt2: `groundup pretrain` with nanoGPT's hyperparameters (AdamW 1e-3, cosine to 1e-4).
-- modern: `model.recipe: modern` (RoPE, RMSNorm, QK-norm, ReLU^2, untied head with logit
-  soft-capping, zero-initialized output projections) trained with Muon + AdamW.
-- modern minus one piece (`--ablations`): each piece of the recipe switched off alone.
+- modern: `model.recipe: modern` (RoPE, RMSNorm, QK-norm, ReLU^2, untied head,
+  zero-initialized output projections) trained with Muon + AdamW.
+- ablations (`--ablations`): each piece of the recipe switched off alone, and logit
+  soft-capping (tried, left out) switched on.
 For groundup rows the training time at each evaluation is `time_s` minus the time spent in
 the evaluations before it; the time to target is the first whole-split evaluation at or below
 the target, interpolated linearly from the evaluation before it.
@@ -44,11 +45,11 @@ BABY = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64}
 BATCH, NANOGPT_ITERS = 12, 2000
 
 # The modern recipe's pieces, each switched off alone in an ablation row (model overrides, or
-# an optimizer in place of Muon).
+# an optimizer in place of Muon), and a piece tried and left out, switched on.
 ABLATIONS: dict[str, dict[str, Any]] = {
     "no qk_norm": {"model": {"qk_norm": False}},
     "no relu2 (SwiGLU)": {"model": {"activation": "silu"}},
-    "no logit_softcap": {"model": {"logit_softcap": 0}},  # 0 is off (null takes the recipe's)
+    "+ logit_softcap 15": {"model": {"logit_softcap": 15.0}},  # tried, left out of the recipe
     "no zero_init_proj": {"model": {"zero_init_proj": False}},
     "tied head": {"model": {"tie_embeddings": True}},
     "AdamW, not Muon": {"optim": "adamw"},

@@ -132,8 +132,8 @@ def test_modern_recipe_fills_only_the_unset_fields():
     assert cfg.intermediate_size == 4 * 32  # relu2 is a plain MLP: 4 * n_embd
     # what the config sets wins over the recipe: the ablation rows of a benchmark
     no_qk = GPTConfig.from_dict({"recipe": "modern", "qk_norm": False, "n_head": 4, "n_embd": 32})
-    assert (no_qk.qk_norm, no_qk.activation, no_qk.logit_softcap) == (False, "relu2", 15.0)
-    assert GPTConfig(recipe="modern", logit_softcap=0.0).logit_softcap == 0.0  # 0 is off
+    assert (no_qk.qk_norm, no_qk.activation, no_qk.zero_init_proj) == (False, "relu2", True)
+    assert GPTConfig(recipe="modern", logit_softcap=15.0).logit_softcap == 15.0  # an addition
     assert GPTConfig(recipe="modern", zero_init_proj=False).zero_init_proj is False
     assert GPTConfig(recipe="MODERN", flavour="gpt2").bias is False  # no biases either way
     assert GPTConfig().qk_norm is False and GPTConfig().logit_softcap == 0.0  # no recipe

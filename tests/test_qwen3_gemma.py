@@ -225,7 +225,7 @@ def test_llama_with_its_own_head_dim_is_plain_llama():
     "overrides, field",
     [
         ({"recipe": "modern"}, "activation='relu2'"),
-        ({"recipe": "modern", "activation": "silu"}, "logit_softcap=15.0"),
+        ({"recipe": "modern", "activation": "silu", "logit_softcap": 15.0}, "logit_softcap=15.0"),
         ({"activation": "relu2"}, "activation='relu2'"),
         ({"logit_softcap": 30.0}, "logit_softcap=30.0"),
         ({"embedding_scale": True}, "norm_unit_offset=False"),  # Gemma needs all three

@@ -53,7 +53,6 @@ RECIPES: dict[str, dict[str, Any]] = {
         tie_embeddings=False,
         qk_norm=True,
         activation="relu2",
-        logit_softcap=15.0,
         zero_init_proj=True,
     ),
 }
@@ -203,7 +202,8 @@ class GPTConfig(ModelConfig):
     # attn.proj and mlp.down start at zero, so each block starts as the identity. None: false.
     zero_init_proj: bool | None = None
     # "modern" fills every field left unset (null): flavour llama, bias false, tie_embeddings
-    # false, qk_norm true, activation relu2, logit_softcap 15, zero_init_proj true.
+    # false, qk_norm true, activation relu2, zero_init_proj true (logit_softcap left off: at
+    # small scale it slowed the time to loss; benchmarks/bench_time_to_loss.py).
     recipe: str | None = None
 
     def __post_init__(self) -> None:
