@@ -96,3 +96,6 @@ def activation_name(activation: str | ActivationFn | None) -> str | None:
         lookup(ACTIVATIONS, activation, "activation")  # validates, with did-you-mean
         return activation.lower()
     return _NAMES.get(id(activation))
+
+
+get = get_activation  # Keras's keras.activations.get(identifier)

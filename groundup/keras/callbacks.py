@@ -14,11 +14,15 @@ Subclass `Callback` as in Keras::
 `gu.callbacks`: EarlyStopping, ModelCheckpoint, CSVLogger, ReduceLROnPlateau,
 LearningRateScheduler, TerminateOnNaN, LambdaCallback, TensorBoard, BackupAndRestore, ...)
 pass through as they are, and each Keras-style one is wrapped in a `KerasCallbackAdapter`.
+Keras-style means a subclass of this `Callback`, or a user's subclass of the engine's
+`gu.callbacks.Callback` whose hooks take Keras's arguments (`keras_style`): under
+`import groundup as keras`, a guide's `class C(keras.callbacks.Callback)` is such a class.
 When each Keras hook runs during fit, and with which logs, is in groundup.train.callbacks_keras.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +36,14 @@ from groundup.train.callbacks_keras import FIT_HOOKS, KerasHooks, keras_params
 if TYPE_CHECKING:
     from groundup.train.trainer import Trainer
 
-__all__ = ["Callback", "KerasCallbackAdapter", "adapt_callbacks", "run_keras_hook"]
+__all__ = [
+    "Callback",
+    "KerasCallbackAdapter",
+    "adapt_callbacks",
+    "attach",
+    "keras_style",
+    "run_keras_hook",
+]
 
 
 class Callback:
@@ -83,43 +94,113 @@ _ALIASES = {
     "on_train_batch_begin": ("on_train_batch_begin", "on_batch_begin"),
     "on_train_batch_end": ("on_train_batch_end", "on_batch_end"),
 }
+# the engine's hooks and how many arguments each takes after self (Keras's take fewer, or
+# name them logs/epoch/batch)
+_ENGINE_ARITY = {
+    "on_train_begin": 1,
+    "on_train_end": 1,
+    "on_epoch_begin": 2,
+    "on_epoch_end": 3,
+    "on_step_end": 2,
+    "on_eval_end": 2,
+    "on_log": 2,
+    "on_save": 2,
+}
+_KERAS_HOOKS = tuple(
+    n for n in vars(Callback) if n.startswith("on_") and callable(getattr(Callback, n))
+)
 
 
-def _defines(callback: Callback, hook: str) -> bool:
+def _hook_method(callback: Any, hook: str) -> Any:
+    """The method that handles Keras's `hook` on `callback` (its Keras 2 alias on a class
+    that only has that), or None when the class leaves it to the base's no-op."""
     cls = type(callback)
-    return any(getattr(cls, n) is not getattr(Callback, n) for n in _ALIASES.get(hook, (hook,)))
+    for name in _ALIASES.get(hook, (hook,)):
+        fn = getattr(cls, name, None)
+        if fn is None or fn is getattr(Callback, name, None):
+            continue
+        if fn is getattr(EngineCallback, name, None):
+            continue
+        return getattr(callback, name)
+    return None
+
+
+def _looks_like_keras(name: str, fn: Any) -> bool | None:
+    """Whether the hook `name` defined as `fn` takes Keras's arguments (True), the engine's
+    (False), or cannot tell (None)."""
+    if name not in _ENGINE_ARITY:
+        return True
+    if name not in _KERAS_HOOKS:
+        return False
+    try:
+        params = list(inspect.signature(fn).parameters.values())[1:]  # after self
+    except (TypeError, ValueError):
+        return None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if not positional or any(p.kind is p.VAR_POSITIONAL for p in params):
+        return None
+    if positional[0].name == "trainer":
+        return False
+    if positional[0].name in ("logs", "epoch", "batch") or positional[-1].name == "logs":
+        return True
+    if positional[-1].default is not inspect.Parameter.empty:
+        return True
+    return len(positional) != _ENGINE_ARITY[name] or None
+
+
+def keras_style(callback: EngineCallback) -> bool:
+    """An engine-`Callback` subclass of the user's written with Keras's hooks (a Keras guide's
+    `class CustomCallback(keras.callbacks.Callback)` under `import groundup as keras`).
+    groundup's own callbacks are the engine's; a class mixing both kinds is refused."""
+    cls = type(callback)
+    if cls.__module__.startswith("groundup."):
+        return False
+    kinds: dict[str, bool | None] = {}
+    for name in sorted(set(_ENGINE_ARITY) | set(_KERAS_HOOKS)):
+        fn = getattr(cls, name, None)
+        if fn is None or fn is getattr(EngineCallback, name, None):
+            continue
+        kinds[name] = _looks_like_keras(name, fn)
+    keras = sorted(n for n, k in kinds.items() if k)
+    engine = sorted(n for n, k in kinds.items() if k is False)
+    if keras and engine:
+        raise ConfigError(
+            f"{cls.__name__} mixes Keras-style hooks ({', '.join(keras)}: epoch/batch and logs) "
+            f"with the engine's ({', '.join(engine)}: the trainer first); write all of them "
+            "one way"
+        )
+    return bool(keras)
 
 
 class KerasCallbackAdapter(KerasHooks):
-    """Runs one Keras-style `Callback` inside the Trainer: its hooks get Keras's arguments,
+    """Runs one Keras-style callback inside the Trainer: its hooks get Keras's arguments,
     `callback.model` is `model` (the trainer's model when None) and `model.stop_training`
     and `trainer.stop_training` follow each other."""
 
-    def __init__(self, callback: Callback, model: nn.Module | None = None) -> None:
+    def __init__(self, callback: Any, model: nn.Module | None = None) -> None:
         super().__init__()
         self.callback = callback
         self.model = model
-        self._defined = {hook: _defines(callback, hook) for hook in FIT_HOOKS}
+        self._methods = {hook: _hook_method(callback, hook) for hook in FIT_HOOKS}
 
     def _model(self, trainer: Trainer) -> Any:
         return self.model if self.model is not None else trainer.model
 
     def keras_wants(self, hook: str) -> bool:
-        return self._defined[hook]
+        return self._methods[hook] is not None
 
     def keras_call(self, trainer: Trainer, hook: str, *args: Any) -> None:
         model = self._model(trainer)
         if trainer.stop_training:  # stopped by another callback: the Keras side sees it
             model.stop_training = True
-        getattr(self.callback, hook)(*args)
+        self._methods[hook](*args)
         if getattr(model, "stop_training", False):
             trainer.stop_training = True
 
     def on_train_begin(self, trainer: Trainer) -> None:
         model = self._model(trainer)
         model.stop_training = False
-        self.callback.set_model(model)
-        self.callback.set_params(keras_params(trainer))
+        attach(self.callback, model, keras_params(trainer))
         super().on_train_begin(trainer)
 
     def state_dict(self) -> dict[str, Any]:
@@ -130,6 +211,21 @@ class KerasCallbackAdapter(KerasHooks):
         own = getattr(self.callback, "load_state_dict", None)
         if callable(own) and "callback" in state:
             own(state["callback"])
+
+
+def attach(callback: Any, model: Any, params: dict[str, Any] | None = None) -> None:
+    """Set Keras's `callback.model` (and `callback.params`), through set_model/set_params
+    where the class has them."""
+    if callable(getattr(callback, "set_model", None)):
+        callback.set_model(model)
+    else:
+        callback.model = model
+    if params is None:
+        return
+    if callable(getattr(callback, "set_params", None)):
+        callback.set_params(params)
+    else:
+        callback.params = params
 
 
 def adapt_callbacks(
@@ -149,9 +245,11 @@ def adapt_callbacks(
         )
     adapted: list[EngineCallback] = []
     for i, cb in enumerate(callbacks):
-        if isinstance(cb, EngineCallback):
+        if isinstance(cb, KerasCallbackAdapter):
             adapted.append(cb)
-        elif isinstance(cb, Callback):
+        elif isinstance(cb, EngineCallback) and not keras_style(cb):
+            adapted.append(cb)
+        elif isinstance(cb, (Callback, EngineCallback)):
             adapted.append(KerasCallbackAdapter(cb, model))
         elif isinstance(cb, type) and issubclass(cb, (EngineCallback, Callback)):
             raise ConfigError(
@@ -180,5 +278,7 @@ def run_keras_hook(
         raise ConfigError(f"run_keras_hook takes one of {', '.join(_OUTSIDE_FIT)}, got {hook!r}")
     for cb in adapt_callbacks(callbacks, model):
         if isinstance(cb, KerasCallbackAdapter):
-            cb.callback.set_model(model)
-            getattr(cb.callback, hook)(dict(logs or {}))
+            method = _hook_method(cb.callback, hook)
+            if method is not None:
+                attach(cb.callback, model)
+                method(dict(logs or {}))

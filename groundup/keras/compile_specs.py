@@ -11,7 +11,8 @@ from torch import Tensor
 
 from groundup.errors import ConfigError
 from groundup.keras.activations import get_activation
-from groundup.train.losses import Loss, get_loss
+from groundup.keras.losses import keras_loss
+from groundup.train.losses import Loss
 from groundup.train.metrics import check_metrics_fit_loss
 
 
@@ -110,7 +111,7 @@ def resolve_losses(
             losses.append(None)
             transforms.append(None)
             continue
-        loss_fn = get_loss(spec)
+        loss_fn = keras_loss(spec)
         check_metrics_fit_loss(loss_fn, metrics[i])
         expects = loss_fn.expects_activation
         if expects and not loss_fn.from_logits and logit_activations.get(i) == expects:

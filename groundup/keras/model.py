@@ -113,7 +113,7 @@ class Model(TrainingMixin, nn.Module):
                 raise ConfigError("Model(inputs, outputs) needs both the inputs and the outputs")
             self._set_graph(inputs, outputs)
         if not trainable:
-            self.requires_grad_(False)
+            self.trainable = False
 
     # ---------------------------------------------------------------- structure
     def _set_graph(self, inputs: Any, outputs: Any) -> None:
@@ -161,6 +161,17 @@ class Model(TrainingMixin, nn.Module):
         ):
             value = nn.ModuleDict(value)
         super().__setattr__(name, value)
+
+    @property
+    def trainable(self) -> bool:
+        """Keras's switch: False freezes every weight of the model (read at compile and fit;
+        a layer inside it may set its own)."""
+        return self.__dict__.get("trainable", True)
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        self.__dict__["trainable"] = bool(value)
+        self.requires_grad_(bool(value))
 
     @property
     def inputs(self) -> list[KerasTensor] | None:
@@ -400,6 +411,20 @@ class Model(TrainingMixin, nn.Module):
         return flat[0] if len(flat) == 1 else flat
 
     # ---------------------------------------------------------------- weights
+    @property
+    def weights(self) -> list[torch.Tensor]:
+        """Every weight (parameters, and saved buffers such as moving statistics), layer by
+        layer in Keras' order: the live tensors `get_weights` copies."""
+        return [t for _, t in weights_io.weight_entries(self)]
+
+    @property
+    def trainable_weights(self) -> list[torch.Tensor]:
+        return [t for t in self.weights if isinstance(t, nn.Parameter) and t.requires_grad]
+
+    @property
+    def non_trainable_weights(self) -> list[torch.Tensor]:
+        return [t for t in self.weights if not (isinstance(t, nn.Parameter) and t.requires_grad)]
+
     def get_weights(self) -> list[np.ndarray]:
         """Every weight as a NumPy array, layer by layer in Keras' order."""
         return weights_io.get_weights(self)

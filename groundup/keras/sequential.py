@@ -62,6 +62,16 @@ class Sequential(Model):
         if self.input_shape is not None:
             self.build(self.input_shape)
 
+    def pop(self) -> Layer:
+        """Remove the last layer and return it (a compiled model re-plans its training on
+        the new output at the next fit)."""
+        if len(self.layers) == 0:
+            raise ConfigError("pop() needs a layer to remove; the Sequential has none")
+        layer = self.layers[-1]
+        del self.layers[-1]
+        self.trainer = None
+        return layer
+
     @property
     def built(self) -> bool:
         return len(self.layers) > 0 and all(layer.built for layer in self.layers)

@@ -44,11 +44,13 @@ from groundup.keras.data_adapter import (
 )
 from groundup.keras.feed import Feed, OutputLoss, OutputMetric, OutputsLoss, sample_indices
 from groundup.keras.layers import Layer
+from groundup.keras.losses import keras_loss
+from groundup.keras.metrics import keras_metric
+from groundup.keras.optimizer_view import OptimizerView
 from groundup.train.batches import TensorBatches
 from groundup.train.device import weight_dtype
 from groundup.train.history import History
-from groundup.train.losses import Loss, get_loss
-from groundup.train.metrics import get_metric
+from groundup.train.losses import Loss
 from groundup.train.optim import OptimizerSpec, optimizer_spec
 from groundup.train.trainer import Trainer
 
@@ -61,6 +63,21 @@ def _callbacks() -> Any:
     from groundup.keras import callbacks
 
     return callbacks
+
+
+def apply_trainable(model: torch.nn.Module) -> None:
+    """Keras's `layer.trainable = False` (or True) on any layer or model inside `model`: its
+    weights stop (or start) training. Read at compile and at each fit, outer modules first,
+    so a layer's own setting wins over the model around it."""
+
+    def visit(module: torch.nn.Module) -> None:
+        flag = module.__dict__.get("trainable")
+        if isinstance(flag, bool):
+            module.requires_grad_(flag)
+        for child in module.children():
+            visit(child)
+
+    visit(model)
 
 
 class TrainingMixin:
@@ -109,9 +126,9 @@ class TrainingMixin:
         losses = list(loss.values()) if isinstance(loss, Mapping) else loss
         for spec in losses if isinstance(losses, (list, tuple)) else [losses]:
             if spec is not None:
-                get_loss(spec)  # a bad name fails here, before any data
+                keras_loss(spec)  # a bad name fails here, before any data
         for spec in flat_metrics(metrics):
-            get_metric(spec)
+            keras_metric(spec)
         if not isinstance(optimizer, torch.optim.Optimizer):
             optimizer = optimizer_spec(optimizer, **({"lr": lr} if lr is not None else {}))
             lr = None
@@ -125,6 +142,7 @@ class TrainingMixin:
             run_dir=run_dir,
             **trainer_options,
         )
+        apply_trainable(self)  # type: ignore[arg-type]
         self._compiled = CompileArgs(optimizer, lr, loss, metrics, loss_weights, options)
         self._compiled.saved = {
             "optimizer": optimizer.to_dict() if isinstance(optimizer, OptimizerSpec) else None,
@@ -139,6 +157,12 @@ class TrainingMixin:
     def _outputs_known(self) -> bool:
         return True
 
+    @property
+    def optimizer(self) -> OptimizerView | None:
+        """Keras's `model.optimizer` (None before compile): `learning_rate` to read and set,
+        the torch optimizer's attributes once fit has built it."""
+        return None if self._compiled is None else OptimizerView(self)
+
     def _make_trainer(self) -> Trainer:
         compiled = self._require_compiled()
         names = self._output_names()
@@ -149,7 +173,10 @@ class TrainingMixin:
             "loss_weights",
             default=1.0,
         )
-        metrics = per_output_metrics(compiled.metrics, names)
+        metrics = [
+            [keras_metric(spec) for spec in specs_i]
+            for specs_i in per_output_metrics(compiled.metrics, names)
+        ]
         if all(s is None for s in specs):
             raise ConfigError(f"compile gave no loss to any of the outputs {names}")
         losses, transforms, logits = resolve_losses(specs, metrics, self._logit_activations())
@@ -177,9 +204,8 @@ class TrainingMixin:
                 for i, loss_fn in enumerate(losses)
                 if loss_fn is not None
             ]
-        for i, specs_i in enumerate(metrics):
-            for spec in specs_i:
-                metric = get_metric(spec)
+        for i, metrics_i in enumerate(metrics):
+            for metric in metrics_i:
                 label = f"{names[i]}_{metric.name}" if len(names) > 1 else metric.name
                 engine_metrics.append(OutputMetric(feed, i, metric, transforms[i], label))
         frozen = frozenset(logits)
@@ -325,6 +351,7 @@ class TrainingMixin:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) < 2:
                 raise DataError("validation_data must be a tuple (x_val, y_val)")
             val = self._adapt(validation_data[0], validation_data[1], "fit (validation_data)")
+        apply_trainable(self)  # type: ignore[arg-type]
         self._regularized = [
             m
             for m in self.modules()  # type: ignore[attr-defined]

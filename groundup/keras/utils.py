@@ -1,5 +1,5 @@
 """`gu.utils`: the Keras utilities tutorials call (`to_categorical`, `set_random_seed`,
-`clear_session`)."""
+`clear_session`, `plot_model`)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import torch
 from groundup.errors import DataError
 from groundup.keras.layers import reset_layer_names
 from groundup.keras.model import reset_model_names
+from groundup.keras.plot_model import plot_model
 from groundup.seed import set_seed
 
-__all__ = ["clear_session", "set_random_seed", "to_categorical"]
+__all__ = ["clear_session", "plot_model", "set_random_seed", "to_categorical"]
 
 
 def to_categorical(y: Any, num_classes: int | None = None) -> Any:

@@ -427,11 +427,7 @@ class ProgressBar(Callback):
     def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
         if self._progress is not None:
             total = trainer.steps_per_epoch or trainer.total_steps
-            label = (
-                f"epoch {epoch - trainer.start_epoch + 1}/{trainer.epochs}"
-                if trainer.epochs
-                else "train"
-            )
+            label = _epoch_label(trainer, epoch) if trainer.epochs else "train"
             if self._task is not None:
                 self._progress.remove_task(self._task)
             done = trainer.step_in_epoch if trainer.steps_per_epoch else trainer.step
@@ -475,11 +471,7 @@ class ProgressBar(Callback):
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
         if not self.verbose or trainer.steps_per_epoch is None:
             return
-        label = (
-            f"epoch {epoch - trainer.start_epoch + 1}/{trainer.epochs}"
-            if trainer.epochs
-            else f"epoch {epoch + 1}"
-        )
+        label = _epoch_label(trainer, epoch) if trainer.epochs else f"epoch {epoch + 1}"
         line = format_line(label, logs)
         if self._progress is not None:
             self._progress.update(self._task, completed=trainer.steps_per_epoch)
@@ -492,6 +484,12 @@ class ProgressBar(Callback):
             self._progress.stop()
             self._progress = None
             self._task = None
+
+
+def _epoch_label(trainer: Trainer, epoch: int) -> str:
+    """Keras's numbering: `fit(initial_epoch=2, epochs=5)` shows epochs 3/5, 4/5 and 5/5 (the
+    epoch counter already starts at initial_epoch; the total is where this fit ends)."""
+    return f"epoch {epoch + 1}/{trainer.start_epoch + trainer.epochs}"
 
 
 def _step_label(trainer: Trainer) -> str:

@@ -47,6 +47,15 @@ from groundup.keras.layers.core import (
     Rescaling,
     Reshape,
 )
+from groundup.keras.layers.functional_shortcuts import (
+    add,
+    average,
+    concatenate,
+    maximum,
+    minimum,
+    multiply,
+    subtract,
+)
 from groundup.keras.layers.initializers import INITIALIZERS
 from groundup.keras.layers.lookup import IntegerLookup, StringLookup
 from groundup.keras.layers.masking import Lambda, Masking
@@ -144,6 +153,13 @@ __all__ = [
     "UpSampling2D",
     "ZeroPadding1D",
     "ZeroPadding2D",
+    "add",
+    "average",
+    "concatenate",
     "layer_from_config",
+    "maximum",
+    "minimum",
+    "multiply",
     "reset_layer_names",
+    "subtract",
 ]
