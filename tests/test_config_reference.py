@@ -229,11 +229,12 @@ def test_quickstart_stage_configs_keep_their_values(tmp_path) -> None:
     assert [layer["units"] for layer in digits.layers] == [128, 64, 10]
     assert (gpt.train.max_steps, gpt.train.eval_every, gpt.train.eval_batches) == (500, 250, 10)
     assert gpt.model["n_embd"] == 256 and gpt.model["n_layer"] == 4
-    assert (gpt.optim.lr, gpt.optim.warmup_steps, gpt.sample.max_new_tokens) == (2e-3, 50, 80)
+    assert (gpt.optim.name, gpt.optim.lr, gpt.optim.warmup_steps) == ("muon", 0.02, 50)
+    assert gpt.model["recipe"] == "modern" and gpt.sample.max_new_tokens == 80
     assert gpt.tokenizer.vocab_size == 4096 and gpt.train.batch_size == 16
-    assert sft.base.path == gpt.run_dir and sft.method == "lora"
+    assert sft.base.path == gpt.run_dir and sft.method == "full"
     assert (sft.train.epochs, sft.train.eval_every, sft.train.log_every) == (2, None, 20)
-    assert len(sft.lora.targets) == 4 and sft.optim.lr == 2e-3
+    assert sft.optim.lr == 1e-3 and sft.run_dir.endswith("pydocs-sft")
 
 
 def test_quickstart_overrides_go_to_their_stage(tmp_path) -> None:

@@ -5,7 +5,7 @@
    prints the test accuracy;
 2. a byte-level BPE tokenizer trained on Python's bundled documentation, token shards, a small
    GPT pretrained on them, and a generated sample;
-3. that GPT fine-tuned with LoRA on instruction pairs built from the standard library's
+3. that GPT instruction-tuned (all its weights) on pairs built from the standard library's
    docstrings ("What does json.dumps do?"), evaluated on held-out pairs against the base model,
    exported to the Hugging Face format, and asked a question.
 """
@@ -39,7 +39,7 @@ QUICK_OVERRIDES: dict[str, dict[str, Any]] = {
         "train.eval_batches": 10,
         "sample.max_new_tokens": 80,
     },
-    # configs/finetune-sft-lora.yaml: its two epochs (one leaves answers that repeat a token),
+    # configs/finetune-sft.yaml: its two epochs (one leaves answers that repeat a token),
     # evaluated at each epoch's end
     "sft": {"train.eval_every": None, "train.log_every": 20},
 }
@@ -48,7 +48,7 @@ TASK_LIMIT = 100  # items per built-in task in the quickstart's comparison (a fe
 STAGES: dict[str, tuple[str, type, str]] = {
     "digits": ("digits-mlp.yaml", TrainJobConfig, "digits-mlp"),
     "gpt": ("pretrain-pydocs.yaml", PretrainConfig, "pydocs-gpt"),
-    "sft": ("finetune-sft-lora.yaml", FinetuneConfig, "pydocs-sft-lora"),
+    "sft": ("finetune-sft.yaml", FinetuneConfig, "pydocs-sft"),
 }
 # a user override starting with one of these goes to that stage; the rest to the GPT stage
 STAGE_PREFIXES = {"digits.": "digits", "sft.": "sft"}
@@ -76,8 +76,8 @@ def pydocs_gpt_config(run_dir: str | Path) -> PretrainConfig:
     return stage_config("gpt", run_dir)
 
 
-def sft_lora_config(run_dir: str | Path, base: str | Path) -> FinetuneConfig:
-    """configs/finetune-sft-lora.yaml on the quickstart's GPT, shortened to one epoch."""
+def sft_config(run_dir: str | Path, base: str | Path) -> FinetuneConfig:
+    """configs/finetune-sft.yaml on the quickstart's GPT."""
     return stage_config("sft", run_dir, sets={"base.path": str(base)})
 
 
@@ -121,7 +121,7 @@ def run_quickstart(
     """Run every stage; returns each stage's headline results.
 
     Overrides apply to the GPT stage (`train.max_steps=100`), except those starting with
-    `digits.` (the MLP stage: `digits.train.epochs=5`) or `sft.` (the LoRA stage:
+    `digits.` (the MLP stage: `digits.train.epochs=5`) or `sft.` (the SFT stage:
     `sft.train.epochs=2`). Every stage's config is checked before the first one trains.
     `resume`: a stage that finished keeps its results, an interrupted one goes on from its
     newest checkpoint, the others run.
@@ -140,14 +140,14 @@ def run_quickstart(
     results["gpt_sample"] = gpt.get("sample", "")
 
     print(
-        "\n== 3/3 LoRA instruction tuning of that GPT, then export (groundup finetune) ==",
+        "\n== 3/3 instruction tuning of that GPT, then export (groundup finetune) ==",
         flush=True,
     )
     sft_cfg = configs["sft"]
     base_val = _base_sft_loss(Path(sft_cfg.base.path), sft_cfg)
     sft = _stage(run_finetune, sft_cfg, resume and kept, verbose)[0]  # a new base: tune again
     export_dir = run_export(
-        sft_cfg.run_dir, run_dir / "pydocs-sft-lora-hf", overwrite=True, verbose=verbose
+        sft_cfg.run_dir, run_dir / "pydocs-sft-hf", overwrite=True, verbose=verbose
     )
     results.update(
         sft_base_val_loss=base_val,
@@ -179,7 +179,7 @@ def run_quickstart(
         flush=True,
     )
     print(
-        f"LoRA SFT ({100 * results['sft_trainable_share']:.1f}% of the weights trained): "
+        f"SFT ({100 * results['sft_trainable_share']:.0f}% of the weights trained): "
         f"held-out answer loss {results['sft_base_val_loss']:.3f} (base) -> "
         f"{results['sft_val_loss']:.3f}; Hugging Face export in {export_dir}",
         flush=True,
