@@ -26,7 +26,7 @@ from groundup.jobs.pretrain_objectives import model_config
 from groundup.jobs.train_tabular import TrainJobConfig, run_train
 
 # What the quickstart changes in each shipped config, in one place: shorter runs, so the whole
-# lifecycle takes about 6 minutes on 2 CPU cores. Dotted keys, applied like command-line
+# lifecycle takes about 7 minutes on 2 CPU cores. Dotted keys, applied like command-line
 # overrides after the stage's run_dir (and before the user's own overrides).
 QUICK_OVERRIDES: dict[str, dict[str, Any]] = {
     # configs/digits-mlp.yaml: ten epochs in full, the accuracy alone
