@@ -97,7 +97,7 @@ def _wake(device: torch.device, dtype: torch.dtype, fn: Callable) -> None:
     """Untimed products before the first timed one, outside the budget. Trap: the first bf16
     product of a process starts the library (oneDNN's kernels) and the cores' clocks ramp up;
     timed first, N=1024 read 205 GFLOP/s on a CPU whose sweep, moments later, gave 380."""
-    a = torch.randn(512, 512, device=device, dtype=dtype)
+    a = torch.full((512, 512), 0.5, device=device, dtype=dtype)  # no draw from the seeded RNG
     end = time.perf_counter() + 0.2
     while time.perf_counter() < end:
         fn(a, a)
