@@ -43,6 +43,7 @@ import inspect
 import json
 import re
 import sys
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -143,7 +144,28 @@ def _own_doc(obj: object) -> str | None:
     )
     # Trap: getattr(3, "__doc__") is int's docstring; only these kinds document themselves.
     doc = getattr(obj, "__doc__", None) if documented else None
+    compiled = _code_doc(obj) if inspect.isfunction(obj) else None
+    if (
+        compiled is not None
+        and isinstance(doc, str)
+        and _opening(compiled) not in " ".join(doc.split())
+    ):
+        # Trap: a library may replace a stdlib function's __doc__ when imported (keras sets
+        # collections.abc.Mapping.get's); the code object keeps the docstring it was defined
+        # with. The stdlib's own rewrites (email.policy's extended docstrings) keep its text.
+        doc = compiled
     return doc if isinstance(doc, str) else None
+
+
+def _opening(doc: str) -> str:
+    """The first words of a docstring, as a stdlib rewrite of it keeps them."""
+    return " ".join(doc.strip().lstrip("+").split()[:6])
+
+
+def _code_doc(fn: types.FunctionType) -> str | None:
+    """The docstring compiled into a Python function (the first constant of its code)."""
+    consts = fn.__code__.co_consts
+    return consts[0] if consts and isinstance(consts[0], str) else None
 
 
 def _members(owner: object, keep: Callable[[object], bool]) -> Iterator[object]:
