@@ -95,7 +95,9 @@ def _nanogpt_val_loss(repo: Path, data_dir: Path) -> float:
         from model import GPT, GPTConfig  # nanoGPT's model.py, from the checkout
     finally:
         sys.path.pop(0)
-    ckpt = torch.load(repo / "out-shakespeare-char" / "ckpt.pt", map_location="cpu")
+    ckpt = torch.load(
+        repo / "out-shakespeare-char" / "ckpt.pt", map_location="cpu", weights_only=True
+    )  # tensors and plain dicts only: no pickled code runs
     model = GPT(GPTConfig(**ckpt["model_args"]))
     state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
     model.load_state_dict(state)

@@ -350,6 +350,14 @@ def positive_int(value: Any, arg: str, who: str) -> int:
     return value
 
 
+def conv_groups(groups: Any, filters: int, who: str) -> int:
+    """A convolution's groups: a positive int that divides filters (Keras' rule)."""
+    groups = positive_int(groups, "groups", who)
+    if filters % groups:
+        raise ConfigError(f"{who}: filters ({filters}) must be a multiple of groups ({groups})")
+    return groups
+
+
 def int_pair(value: Any, arg: str, who: str) -> tuple[int, int]:
     """An int or a pair of ints (height, width), as Keras accepts for kernel_size, strides."""
     pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value

@@ -17,9 +17,17 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from groundup.errors import ConfigError, ShapeError
+from groundup.errors import ShapeError
 from groundup.keras.activations import ActivationFn
-from groundup.keras.layers.base import Layer, Shape, choice, int_pair, known, positive_int
+from groundup.keras.layers.base import (
+    Layer,
+    Shape,
+    choice,
+    conv_groups,
+    int_pair,
+    known,
+    positive_int,
+)
 from groundup.keras.regularizers import RegularizerLike
 
 PADDINGS = ("valid", "same")
@@ -142,12 +150,7 @@ class Conv2D(_Spatial2D):
         self.kernel_size = int_pair(kernel_size, "kernel_size", self._who)
         self.strides = int_pair(strides, "strides", self._who)
         self.dilation_rate = int_pair(dilation_rate, "dilation_rate", self._who)
-        self.groups = positive_int(groups, "groups", self._who)
-        if self.filters % self.groups:
-            raise ConfigError(
-                f"{self._who}: filters ({self.filters}) must be a multiple of groups "
-                f"({self.groups})"
-            )
+        self.groups = conv_groups(groups, self.filters, self._who)
         self._init_spatial(self.kernel_size, self.strides, padding, data_format)
         self._dilation = self.dilation_rate
         self._set_activation(activation)

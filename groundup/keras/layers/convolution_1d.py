@@ -14,9 +14,9 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from groundup.errors import ConfigError, ShapeError
+from groundup.errors import ShapeError
 from groundup.keras.activations import ActivationFn
-from groundup.keras.layers.base import Layer, Shape, choice, known, positive_int
+from groundup.keras.layers.base import Layer, Shape, choice, conv_groups, known, positive_int
 from groundup.keras.layers.convolution import DATA_FORMATS, _out_size, _same_pads
 from groundup.keras.regularizers import RegularizerLike
 
@@ -114,12 +114,7 @@ class Conv1D(_Spatial1D):
         self.kernel_size = _one(kernel_size, "kernel_size", self._who)
         self.strides = _one(strides, "strides", self._who)
         self.dilation_rate = _one(dilation_rate, "dilation_rate", self._who)
-        self.groups = positive_int(groups, "groups", self._who)
-        if self.filters % self.groups:
-            raise ConfigError(
-                f"{self._who}: filters ({self.filters}) must be a multiple of groups "
-                f"({self.groups})"
-            )
+        self.groups = conv_groups(groups, self.filters, self._who)
         self._init_spatial(self.kernel_size, self.strides, padding, data_format)
         self._dilation = self.dilation_rate
         self._set_activation(activation)
