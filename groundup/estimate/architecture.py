@@ -13,7 +13,9 @@ Traps the formula follows (each measured on torch 2.13):
   with dropout, where it falls back to the math path and saves three (nh, T, T) tensors: the
   attention scores, often the biggest term. CUDA's flash/memory-efficient kernels handle
   dropout themselves; only float64 takes the math path there.
-- `blocks.attend` upcasts bf16 attention to float32 on the CPU, so SDPA saves float32 copies.
+- bf16 attention on the CPU: up to 256 keys without a mask or dropout, `attend` runs two bf16
+  batched matmuls (saving q, k, v as contiguous copies and the (nh, T, T) softmax output);
+  otherwise it upcasts to float32, so SDPA saves float32 copies.
 - Dropout saves its mask in the tensor's dtype on the CPU, as bool (1 byte) on CUDA.
 - The loss saves its float32 log-softmax (4 bytes per logit), whatever the autocast dtype.
 - Autocast caches one low-precision copy of every matmul weight until backward (`fixed`).
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from groundup.estimate.memory import Activations, dtype_bytes, loss_transient_bytes
+from groundup.models.attention_kernels import CPU_MATMUL_ATTENTION_MAX_KEYS
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,14 @@ def _attention(shape: Shape, T: int, setup: Setup) -> float:
     """SDPA and the output projection's input, per token (q, k, v, output, log-sum-exp; the
     scores on the math path)."""
     nh, nkv, hs, a = shape.n_head, shape.n_kv_head, shape.hs, setup.a
-    upcast = setup.device_type == "cpu" and a == 2  # blocks.attend computes in float32
+    padded = shape.family == "bert" and shape.head == "classify"  # a padding mask
+    cpu_bf16 = setup.device_type == "cpu" and a == 2
+    if cpu_bf16 and shape.dropout == 0 and not padded and T <= CPU_MATMUL_ATTENTION_MAX_KEYS:
+        # attend's bf16 matmul path: q, k, v reshaped to contiguous copies (grouped k/v
+        # expanded to every query head), the softmax output, and the output copied into proj
+        kv_heads = nh if nkv != nh else nkv
+        return a * hs * (nh + 2 * kv_heads) + a * nh * T + a * nh * hs
+    upcast = cpu_bf16  # attend computes in float32
     s = 4 if upcast else a
     math = (setup.device_type == "cpu" and shape.dropout > 0) or (
         setup.device_type == "cuda" and a == 8
@@ -164,7 +174,7 @@ def _attention(shape: Shape, T: int, setup: Setup) -> float:
     else:  # views of the fused qkv output; llama's rotated q and k are new tensors
         rotated = a * (nh + nkv) * hs if shape.family == "llama" else 0
         inputs = a * (nh + 2 * nkv) * hs + rotated
-    mask = s if shape.family == "bert" and shape.head == "classify" else 0  # padding, as floats
+    mask = s if padded else 0  # padding, as floats
     # the flash output is laid out (B, T, nh, hs): the transpose-reshape into proj is a view
     # of it, unless the upcast output was cast back to bf16 first
     proj_in = a * nh * hs if upcast else 0

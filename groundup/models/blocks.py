@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from groundup.errors import ShapeError
+from groundup.models.attention_kernels import attend
 
 # SDPA grew `enable_gqa` in torch 2.5; on 2.4 we expand k/v with repeat_interleave instead.
 _match = re.match(r"(\d+)\.(\d+)", torch.__version__)
@@ -144,33 +144,6 @@ class KVCache:
     def reset(self) -> None:
         """Forget the cached tokens (the buffers are kept and overwritten)."""
         self.pos = 0
-
-
-def attend(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    mask: Tensor | None = None,
-    dropout_p: float = 0.0,
-    is_causal: bool = False,
-    **kwargs: Any,
-) -> Tensor:
-    """scaled_dot_product_attention, in fp32 when bf16 inputs sit on a CPU.
-
-    Trap: on CPUs the bf16 SDPA kernels are slower than the fp32 ones (backward 2.6x at T=64,
-    measured on torch 2.13), so attend in fp32; autocast must be off there or it casts the
-    inputs straight back to bf16. Every attention module goes through here.
-    """
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-        with torch.autocast("cpu", enabled=False):
-            y = F.scaled_dot_product_attention(
-                q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p,
-                is_causal=is_causal, **kwargs,
-            )  # fmt: skip
-        return y.to(torch.bfloat16)
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, **kwargs
-    )
 
 
 class CausalSelfAttention(nn.Module):
