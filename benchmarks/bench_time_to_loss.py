@@ -237,7 +237,7 @@ def main() -> None:
                 "to_target_s": time_to(curve, target), "total_s": curve[-1][0],
                 "final": out["results"]["final_val_loss"], "steps": steps, "curve": curve,
             }  # fmt: skip
-            print(f"  {row}: {table[row]['to_target_s']:.1f} s to target", flush=True)
+            print(f"  {row}: {_seconds(table[row]['to_target_s'])} to target", flush=True)
 
     base = table.get("nanoGPT", {}).get("to_target_s")
     equal = min(r["total_s"] for r in table.values())
@@ -247,10 +247,16 @@ def main() -> None:
           f"{'loss at ' + format(equal, '.0f') + ' s':>13}")  # fmt: skip
     for name, r in table.items():
         ratio = r["to_target_s"] / base if base else math.nan
+        shown = f"{ratio:.2f}x" if math.isfinite(ratio) else "-"
         print(
-            f"{name:28} {r['steps']:>6} {r['to_target_s']:>9.1f}s {ratio:>6.2f}x "
+            f"{name:28} {r['steps']:>6} {_seconds(r['to_target_s']):>10} {shown:>7} "
             f"{r['final']:>11.4f} {loss_at(r['curve'], equal):>13.4f}"
         )
+
+
+def _seconds(t: float) -> str:
+    """A time to target, or "never" for a run that did not reach it."""
+    return f"{t:.1f}s" if math.isfinite(t) else "never"
 
 
 if __name__ == "__main__":
