@@ -45,19 +45,21 @@ def attend(
 ) -> Tensor:
     """scaled_dot_product_attention's contract, on the kernel that is fastest for the call.
 
-    bf16 on a CPU: short unmasked sequences without dropout go through bf16 matmuls
-    (`matmul_attention`); the rest attend in fp32 (the CPU's bf16 SDPA kernels are slower than
-    its fp32 ones: backward 2.6x at T=64), with autocast off there or it casts the inputs
-    straight back to bf16. Everything else is SDPA as it stands.
+    bf16 on a CPU: up to 256 keys without dropout (unmasked, causal, or a bool mask) go through
+    bf16 matmuls (`matmul_attention`); the rest attend in fp32 (the CPU's bf16 SDPA kernels are
+    slower than its fp32 ones: backward 2.6x at T=64), with autocast off there or it casts the
+    inputs straight back to bf16. Everything else is SDPA as it stands.
     """
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         if (
-            mask is None
-            and dropout_p == 0.0
+            dropout_p == 0.0
             and k.shape[-2] <= CPU_MATMUL_ATTENTION_MAX_KEYS
+            and (mask is None or (mask.dtype == torch.bool and not is_causal))
             and set(kwargs) <= {"enable_gqa"}
         ):
-            return matmul_attention(q, k, v, is_causal)
+            return matmul_attention(q, k, v, is_causal, mask)
+        if mask is not None and mask.is_floating_point():
+            mask = mask.float()  # an additive mask must match the upcast queries
         with torch.autocast("cpu", enabled=False):
             y = F.scaled_dot_product_attention(
                 q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p,
@@ -69,15 +71,19 @@ def attend(
     )
 
 
-def matmul_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> Tensor:
+def matmul_attention(
+    q: Tensor, k: Tensor, v: Tensor, is_causal: bool = False, mask: Tensor | None = None
+) -> Tensor:
     """softmax(q k^T / sqrt(hs)) v from two batched matmuls, in q's dtype: SDPA's values
-    without a mask or dropout (is_causal: query i sees keys 0..i, SDPA's top-left alignment).
+    without dropout. is_causal: query i sees keys 0..i (SDPA's top-left alignment); or `mask`,
+    bool, broadcastable to (B, nh, L, S), True = attend; a query that may attend to nothing
+    gets zeros, as from SDPA.
 
     q (B, nh, L, hs); k, v (B, nkv, S, hs) with nkv dividing nh (grouped heads share k/v).
     The scale and the causal mask ride in the first product (baddbmm adds a -inf bias above
-    the diagonal), so no extra pass touches the (L, S) scores. The softmax reads bf16 scores
-    and computes in fp32 inside the kernel (its output equals fp32 softmax rounded to bf16,
-    measured); the scores themselves are bf16 matmul outputs.
+    the diagonal), so no extra pass touches the (L, S) scores; a mask costs one in-place fill.
+    The softmax reads bf16 scores and computes in fp32 inside the kernel (its output equals
+    fp32 softmax rounded to bf16, measured); the scores themselves are bf16 matmul outputs.
     """
     B, nh, L, hs = q.shape
     nkv, S = k.shape[1], k.shape[2]
@@ -94,5 +100,24 @@ def matmul_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> Tensor
             scores = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=hs**-0.5)
         else:
             scores = torch.bmm(q3, k3.transpose(1, 2)).mul_(hs**-0.5)  # (B * nh, L, S)
-        y = torch.bmm(torch.softmax(scores, dim=-1), v3)  # (B * nh, L, hs)
+        if mask is None:
+            probs = torch.softmax(scores, dim=-1)
+        else:
+            probs = _masked_softmax(scores.view(B, nh, L, S), mask).view(B * nh, L, S)
+        y = torch.bmm(probs, v3)  # (B * nh, L, hs)
     return y.view(B, nh, L, hs)
+
+
+def _masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
+    """softmax over keys of scores (B, nh, L, S) where mask (True = attend) allows it.
+
+    Trap: a row with nothing to attend to is all -inf, and its softmax NaN (its gradient too).
+    Such rows are scored 0 instead (a finite uniform softmax), then their weights set to 0:
+    zeros out and zero gradients, as SDPA gives.
+    """
+    scores.masked_fill_(~mask, float("-inf"))  # in place: its backward needs only the mask
+    empty = ~mask.any(dim=-1, keepdim=True)  # (.., L, 1): queries that see no key
+    if not empty.any():
+        return torch.softmax(scores, dim=-1)
+    scores.masked_fill_(empty, 0.0)
+    return torch.softmax(scores, dim=-1).masked_fill(empty, 0.0)
