@@ -76,6 +76,20 @@ def test_masked_matmul_attention_equals_sdpa_in_float64(kind):
         assert torch.isfinite(a).all() and (a - b).abs().max() < 1e-12
 
 
+def test_matmul_attention_dropout_is_unbiased_and_drops_weights():
+    """Dropout on the attention weights, scaled by 1/(1-p): the mean over many draws is the
+    dropout-free output (within 5 standard errors), single draws differ from it."""
+    q, k, v = (t.detach() for t in qkv(6, 6, nh=1, nkv=1))
+    exact = attention_kernels.matmul_attention(q, k, v, True)
+    torch.manual_seed(0)
+    draws = torch.stack(
+        [attention_kernels.matmul_attention(q, k, v, True, None, 0.5) for _ in range(4000)]
+    )
+    assert (draws[0] - exact).abs().max() > 1e-3
+    error = (draws.mean(0) - exact).abs()
+    assert (error <= 5 * draws.std(0) / 4000**0.5 + 1e-12).all()
+
+
 def test_bf16_matmul_path_stays_within_bf16_noise():
     """In bf16 the scores are rounded once more than in SDPA's fp32-internal kernels; the
     output error against float64 stays within a few times the rounding of the exact output
@@ -107,7 +121,8 @@ def spy_on_matmul_path(monkeypatch) -> list[bool]:
         (torch.bfloat16, CPU_MATMUL_ATTENTION_MAX_KEYS + 1, None, 0.0, False),
         (torch.bfloat16, 64, "bool", 0.0, True),
         (torch.bfloat16, 64, "float", 0.0, False),
-        (torch.bfloat16, 64, None, 0.1, False),
+        (torch.bfloat16, 64, None, 0.1, True),
+        (torch.bfloat16, CPU_MATMUL_ATTENTION_MAX_KEYS + 1, None, 0.1, False),
         (torch.float32, 64, None, 0.0, False),
     ],
 )

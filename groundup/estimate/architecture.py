@@ -13,8 +13,9 @@ Traps the formula follows (each measured on torch 2.13):
   with dropout, where it falls back to the math path and saves three (nh, T, T) tensors: the
   attention scores, often the biggest term. CUDA's flash/memory-efficient kernels handle
   dropout themselves; only float64 takes the math path there.
-- bf16 attention on the CPU: up to 256 keys without dropout, `attend` runs two bf16 batched
-  matmuls (saving q, k, v as contiguous copies, the (nh, T, T) softmax output, a bool mask);
+- bf16 attention on the CPU: up to 256 keys, `attend` runs two bf16 batched matmuls (saving
+  q, k, v as contiguous copies, the (nh, T, T) softmax output, with dropout its mask and the
+  dropped weights too, a bool mask);
   otherwise it upcasts to float32, so SDPA saves float32 copies.
 - Dropout saves its mask in the tensor's dtype on the CPU, as bool (1 byte) on CUDA.
 - The loss saves its float32 log-softmax (4 bytes per logit), whatever the autocast dtype.
@@ -153,12 +154,13 @@ def _attention(shape: Shape, T: int, setup: Setup) -> float:
     nh, nkv, hs, a = shape.n_head, shape.n_kv_head, shape.hs, setup.a
     padded = shape.family == "bert" and shape.head == "classify"  # a padding mask
     cpu_bf16 = setup.device_type == "cpu" and a == 2
-    if cpu_bf16 and shape.dropout == 0 and T <= CPU_MATMUL_ATTENTION_MAX_KEYS:
+    if cpu_bf16 and T <= CPU_MATMUL_ATTENTION_MAX_KEYS:
         # attend's bf16 matmul path: q, k, v reshaped to contiguous copies (grouped k/v
-        # expanded to every query head), the softmax output, the output copied into proj,
-        # and a padding mask as bools
+        # expanded to every query head), the softmax output (with dropout also its mask and
+        # the dropped weights), the output copied into proj, and a padding mask as bools
         kv_heads = nh if nkv != nh else nkv
-        return a * hs * (nh + 2 * kv_heads) + a * nh * T + a * nh * hs + (1 if padded else 0)
+        weights = (3 if shape.dropout > 0 else 1) * a * nh * T
+        return a * hs * (nh + 2 * kv_heads) + weights + a * nh * hs + (1 if padded else 0)
     upcast = cpu_bf16  # attend computes in float32
     s = 4 if upcast else a
     math = (setup.device_type == "cpu" and shape.dropout > 0) or (
