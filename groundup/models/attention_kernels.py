@@ -23,6 +23,9 @@ The CPU's flash kernel is slow on short rows, in either dtype, and SDPA's math p
 bf16 to fp32; scores from bf16 matmuls (what eager attention under autocast computes, as in
 nanoGPT's or transformers' non-fused paths) run at the matmul peak and win up to 256 keys.
 Past that the flash kernel, which skips the masked half and keeps no T x T scores, wins.
+The price of the matmul path is memory: backward keeps each head's (L, S) weights in bf16
+(three such tensors with dropout), 128 KiB per head and sequence at 256 keys, where the flash
+kernel keeps none; `groundup estimate` counts them.
 """
 
 from __future__ import annotations
