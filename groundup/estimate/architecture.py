@@ -156,11 +156,11 @@ def _attention(shape: Shape, T: int, setup: Setup) -> float:
     cpu_bf16 = setup.device_type == "cpu" and a == 2
     if cpu_bf16 and T <= CPU_MATMUL_ATTENTION_MAX_KEYS:
         # attend's bf16 matmul path: q, k, v reshaped to contiguous copies (grouped k/v
-        # expanded to every query head), the softmax output (with dropout also its mask and
-        # the dropped weights), the output copied into proj, and a padding mask as bools
-        kv_heads = nh if nkv != nh else nkv
+        # expanded to every query head: nh heads each), the softmax output (with dropout
+        # also its mask and the dropped weights), the output copied into proj, and a
+        # padding mask as bools
         weights = (3 if shape.dropout > 0 else 1) * a * nh * T
-        return a * hs * (nh + 2 * kv_heads) + weights + a * nh * hs + (1 if padded else 0)
+        return 3 * a * nh * hs + weights + a * nh * hs + (1 if padded else 0)
     upcast = cpu_bf16  # attend computes in float32
     s = 4 if upcast else a
     math = (setup.device_type == "cpu" and shape.dropout > 0) or (

@@ -105,10 +105,8 @@ def matmul_attention(
     q3, k3, v3 = q.reshape(B * nh, L, hs), k.reshape(B * nh, S, hs), v.reshape(B * nh, S, hs)
     with torch.autocast(q.device.type, enabled=False):
         if is_causal:
-            future = torch.ones(L, S, dtype=torch.bool, device=q.device).triu_(1)
-            bias = torch.zeros(L, S, dtype=q.dtype, device=q.device).masked_fill_(
-                future, float("-inf")
-            )
+            # -inf above the diagonal, 0 on and below it
+            bias = torch.full((L, S), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)
             scores = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=hs**-0.5)
         else:
             scores = torch.bmm(q3, k3.transpose(1, 2)).mul_(hs**-0.5)  # (B * nh, L, S)
